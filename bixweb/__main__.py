@@ -1,0 +1,70 @@
+"""``python -m bixweb``: run the service (``serve``, the default command)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from bixweb import __version__
+from bixweb.config import Settings, add_options, configure_logging, settings_from
+from bixweb.errors import BixwebError
+
+log = logging.getLogger("bixweb")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bixweb",
+        description="bixweb: a live market-data hub. Every option can also be set by its BIXWEB_* variable.",
+    )
+    parser.add_argument("--version", action="version", version=f"bixweb {__version__}")
+    parser.add_argument("command", nargs="?", choices=["serve"], default="serve",
+                        help="serve: run the web service (default)")
+    add_options(parser)
+    return parser
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM, then shut down gracefully."""
+    from bixweb.web.app import create_app
+
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    server = site._server  # the only way to learn which port 0 chose
+    for sock in getattr(server, "sockets", ()):
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        log.info("bixweb %s listening on http://%s:%d/ (bots: ws://%s:%d/ws)", __version__, shown, port, shown, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from(args, os.environ)
+        configure_logging(settings.log_level)
+        asyncio.run(serve(settings))
+    except BixwebError as exc:
+        print(f"bixweb: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

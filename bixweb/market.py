@@ -1,0 +1,308 @@
+"""Market state: one place that knows the latest of everything, per symbol.
+
+:class:`Market` takes feed events (:mod:`bixweb.model`) and returns the
+protocol messages they cause, each tagged with its stream key and carrying
+its ``seq``. It does no I/O and never reads the clock: the caller passes
+``now_ms``. Within one :meth:`Market.apply` call (one flush window) a
+symbol's ticker and each forming candle are reported once, at their latest
+value; trades, books and closed candles are reported as they come.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from bixweb import protocol
+from bixweb.model import (
+    BOOK,
+    CHANNEL_INTERVALS,
+    TICKER,
+    TRADES,
+    Book,
+    Candle,
+    Interval,
+    MarketEvent,
+    Ticker,
+    Trade,
+    stream_key,
+)
+
+DAY_MS = 86_400_000
+MINUTES_PER_DAY = 1440
+
+Message = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message for the subscribers of one stream."""
+
+    stream: str
+    message: Message
+
+
+@dataclass(slots=True)
+class _Window:
+    """Rolling 24 h aggregates of the closed one-minute candles."""
+
+    open: float = 0.0
+    high: float = 0.0
+    low: float = 0.0
+    volume: float = 0.0
+    quote_volume: float = 0.0
+
+
+def _quote(candle: Candle) -> float:
+    # Feeds report volume per candle, not per price: the typical price is
+    # the usual estimate of what that volume cost in the quote asset.
+    return candle.volume * (candle.high + candle.low + candle.close) / 3.0
+
+
+def _merge(candle: Candle, price: float, qty: float) -> Candle:
+    return replace(
+        candle,
+        high=max(candle.high, price),
+        low=min(candle.low, price),
+        close=price,
+        volume=round(candle.volume + qty, 8),
+    )
+
+
+def _aggregate(start: int, minutes: Sequence[Candle]) -> Candle:
+    return Candle(
+        start=start,
+        open=minutes[0].open,
+        high=max(c.high for c in minutes),
+        low=min(c.low for c in minutes),
+        close=minutes[-1].close,
+        volume=round(sum(c.volume for c in minutes), 8),
+        closed=True,
+    )
+
+
+@dataclass(slots=True)
+class SymbolState:
+    """Everything bixweb keeps about one symbol."""
+
+    symbol: str
+    history_points: int
+    trade_history: int
+    price: float = 0.0
+    time: int = 0
+    book: Book | None = None
+    trades: deque[Trade] = field(init=False)
+    closed: dict[Interval, deque[Candle]] = field(init=False)
+    forming: dict[Interval, Candle | None] = field(init=False)
+    window: _Window = field(default_factory=_Window)
+
+    def __post_init__(self) -> None:
+        self.trades = deque(maxlen=self.trade_history)
+        self.closed = {
+            interval: deque(
+                maxlen=max(self.history_points, MINUTES_PER_DAY)
+                if interval is Interval.M1
+                else self.history_points
+            )
+            for interval in Interval
+        }
+        self.forming = dict.fromkeys(Interval)
+
+    @property
+    def has_price(self) -> bool:
+        return self.price > 0.0
+
+    def ticker(self) -> Ticker:
+        """The ticker now: the closed-minute window plus the forming minute."""
+        w = self.window
+        minute = self.forming[Interval.M1]
+        if w.open:
+            open_, high, low = w.open, w.high, w.low
+        elif minute:
+            open_, high, low = minute.open, minute.high, minute.low
+        else:
+            open_ = high = low = self.price
+        volume, quote = w.volume, w.quote_volume
+        if minute:
+            high, low = max(high, minute.high), min(low, minute.low)
+            volume, quote = volume + minute.volume, quote + _quote(minute)
+        book = self.book
+        return Ticker(
+            symbol=self.symbol,
+            price=self.price,
+            bid=book.best_bid if book else self.price,
+            ask=book.best_ask if book else self.price,
+            open=open_,
+            high=high,
+            low=low,
+            volume=round(volume, 8),
+            quote_volume=round(quote, 2),
+            time=self.time,
+        )
+
+    def candles(self, interval: Interval, limit: int) -> list[Candle]:
+        """The last ``limit`` candles of ``interval``, oldest first, the forming one last."""
+        forming = self.forming[interval]
+        closed = self.closed[interval]
+        wanted = limit - 1 if forming else limit
+        out = list(closed)[-wanted:] if wanted > 0 else []
+        if forming:
+            out.append(forming)
+        return out
+
+    def recompute_window(self, now_ms: int) -> None:
+        minutes = self.closed[Interval.M1]
+        while minutes and minutes[0].start < now_ms - DAY_MS:
+            minutes.popleft()
+        if not minutes:
+            self.window = _Window()
+            return
+        self.window = _Window(
+            open=minutes[0].open,
+            high=max(c.high for c in minutes),
+            low=min(c.low for c in minutes),
+            volume=sum(c.volume for c in minutes),
+            quote_volume=sum(_quote(c) for c in minutes),
+        )
+
+    def load_history(self, minutes: Sequence[Candle], now_ms: int) -> None:
+        m1 = self.closed[Interval.M1]
+        m1.extend(minutes)
+        for interval in (Interval.M5, Interval.H1):
+            groups: dict[int, list[Candle]] = {}
+            for minute in minutes:
+                groups.setdefault(interval.start_of(minute.start), []).append(minute)
+            self.closed[interval].extend(_aggregate(start, group) for start, group in sorted(groups.items()))
+        if minutes:
+            self.price = minutes[-1].close
+            self.time = minutes[-1].start + Interval.M1.value - 1
+        self.recompute_window(now_ms)
+
+    def add_trade(self, trade: Trade) -> list[tuple[Interval, Candle]]:
+        """Apply a trade; return the candles it closed."""
+        self.price = trade.price
+        self.time = trade.time
+        self.trades.append(trade)
+        closed: list[tuple[Interval, Candle]] = []
+        for interval in Interval:
+            start = interval.start_of(trade.time)
+            current = self.forming[interval]
+            if current is not None and current.start != start:
+                done = replace(current, closed=True)
+                self.closed[interval].append(done)
+                closed.append((interval, done))
+                current = None
+            if current is None:
+                current = Candle(start, trade.price, trade.price, trade.price, trade.price, 0.0)
+            self.forming[interval] = _merge(current, trade.price, trade.qty)
+        if any(interval is Interval.M1 for interval, _ in closed):
+            self.recompute_window(trade.time)
+        return closed
+
+
+class Market:
+    """The state of every symbol, updated from feed events.
+
+    ``apply`` is the only way in; it returns the messages to fan out. Stream
+    ``seq`` numbers are assigned here, once, so every subscriber sees the same
+    numbering.
+    """
+
+    def __init__(
+        self,
+        symbols: Iterable[str],
+        *,
+        history_points: int = 100,
+        trade_history: int = 100,
+    ) -> None:
+        self.history_points = history_points
+        self.states: dict[str, SymbolState] = {
+            s: SymbolState(s, history_points=history_points, trade_history=trade_history) for s in symbols
+        }
+        self.seq: dict[str, int] = {}
+        self.last_event_ms: int | None = None
+
+    @property
+    def symbols(self) -> list[str]:
+        return list(self.states)
+
+    def _stream(self, channel: str, symbol: str) -> tuple[str, int]:
+        """The stream key and the seq of its next message."""
+        stream = stream_key(channel, symbol)
+        seq = self.seq.get(stream, 0) + 1
+        self.seq[stream] = seq
+        return stream, seq
+
+    def _candle(self, symbol: str, interval: Interval, candle: Candle, now_ms: int) -> Outgoing:
+        stream, seq = self._stream(interval.channel, symbol)
+        return Outgoing(stream, protocol.candle_message(symbol, interval, candle, seq, now_ms))
+
+    def apply(self, events: Iterable[MarketEvent], now_ms: int) -> list[Outgoing]:
+        """Update the state from ``events``; return the messages they cause, in order."""
+        out: list[Outgoing] = []
+        touched: dict[str, None] = {}
+        forming: dict[tuple[str, Interval], None] = {}
+        for event in events:
+            state = self.states.get(event.symbol)
+            if state is None:
+                continue
+            self.last_event_ms = now_ms
+            touched[event.symbol] = None
+            if isinstance(event, Trade):
+                for interval, candle in state.add_trade(event):
+                    out.append(self._candle(event.symbol, interval, candle, now_ms))
+                stream, seq = self._stream(TRADES, event.symbol)
+                out.append(Outgoing(stream, protocol.trade_message(event, seq, now_ms)))
+                forming.update(dict.fromkeys((event.symbol, i) for i in Interval))
+            elif isinstance(event, Book):
+                state.book = event
+                state.time = max(state.time, event.time)
+                stream, seq = self._stream(BOOK, event.symbol)
+                out.append(Outgoing(stream, protocol.book_message(event, seq, now_ms)))
+            else:
+                state.load_history(event.minutes, now_ms)
+        for symbol, interval in forming:
+            latest = self.states[symbol].forming[interval]
+            if latest is not None:
+                out.append(self._candle(symbol, interval, latest, now_ms))
+        for symbol in touched:
+            state = self.states[symbol]
+            if state.has_price:
+                stream, seq = self._stream(TICKER, symbol)
+                out.append(Outgoing(stream, protocol.ticker_message(state.ticker(), seq, now_ms)))
+        return out
+
+    def snapshot(self, streams: Iterable[tuple[str, str]], now_ms: int) -> Message:
+        """An ``initial_data`` message for ``(channel, symbol)`` pairs.
+
+        Its ``seq`` map says where each stream stands: the next message on a
+        stream has that seq + 1, so a subscriber that applies the snapshot and
+        then the live messages misses nothing.
+        """
+        tickers: dict[str, Message] = {}
+        trades: dict[str, list[Message]] = {}
+        books: dict[str, Message] = {}
+        candles: dict[str, dict[str, list[Message]]] = {}
+        seq: dict[str, int] = {}
+        for channel, symbol in streams:
+            state = self.states[symbol]
+            key = stream_key(channel, symbol)
+            seq[key] = self.seq.get(key, 0)
+            if channel == TICKER:
+                if state.has_price:
+                    tickers[symbol] = protocol.ticker_data(state.ticker())
+            elif channel == TRADES:
+                trades[symbol] = [protocol.trade_data(t) for t in state.trades]
+            elif channel == BOOK:
+                if state.book is not None:
+                    books[symbol] = protocol.book_data(state.book)
+            else:
+                interval = CHANNEL_INTERVALS[channel]
+                candles.setdefault(interval.label, {})[symbol] = [
+                    protocol.candle_data(c) for c in state.candles(interval, self.history_points)
+                ]
+        return protocol.initial_data_message(
+            now_ms, seq, tickers=tickers, trades=trades, books=books, candles=candles
+        )

@@ -1,0 +1,141 @@
+"""Market events and values: frozen dataclasses, no I/O.
+
+Prices and quantities are floats already rounded to the symbol's tick and lot
+size by whoever produced them (the feed); bixweb never does arithmetic on a
+price that is sent on without rounding it again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final, Literal
+
+Side = Literal["buy", "sell"]
+
+
+class Interval(Enum):
+    """Candle intervals, valued by their length in milliseconds."""
+
+    S1 = 1_000
+    M1 = 60_000
+    M5 = 300_000
+    H1 = 3_600_000
+
+    @property
+    def label(self) -> str:
+        return INTERVAL_LABELS[self]
+
+    @property
+    def channel(self) -> str:
+        return f"candles_{self.label}"
+
+    def start_of(self, time_ms: int) -> int:
+        """The open time of the candle that contains ``time_ms``."""
+        return time_ms - time_ms % self.value
+
+    @classmethod
+    def from_label(cls, label: str) -> Interval:
+        return LABEL_INTERVALS[label]
+
+
+INTERVAL_LABELS: Final = {
+    Interval.S1: "1s",
+    Interval.M1: "1m",
+    Interval.M5: "5m",
+    Interval.H1: "1h",
+}
+LABEL_INTERVALS: Final = {label: interval for interval, label in INTERVAL_LABELS.items()}
+
+TICKER: Final = "ticker"
+TRADES: Final = "trades"
+BOOK: Final = "book"
+CHANNELS: Final = (TICKER, TRADES, BOOK, *(i.channel for i in Interval))
+CHANNEL_INTERVALS: Final = {i.channel: i for i in Interval}
+
+
+def stream_key(channel: str, symbol: str) -> str:
+    """The name of one stream: ``"trades:BTCUSDT"``."""
+    return f"{channel}:{symbol}"
+
+
+@dataclass(frozen=True, slots=True)
+class Trade:
+    """One executed trade, as a feed reports it."""
+
+    symbol: str
+    id: int
+    price: float
+    qty: float
+    side: Side
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class Book:
+    """The top levels of one order book: (price, quantity), best first."""
+
+    symbol: str
+    bids: tuple[tuple[float, float], ...]
+    asks: tuple[tuple[float, float], ...]
+    time: int
+
+    @property
+    def best_bid(self) -> float:
+        return self.bids[0][0] if self.bids else 0.0
+
+    @property
+    def best_ask(self) -> float:
+        return self.asks[0][0] if self.asks else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Candle:
+    """OHLC and volume for one interval starting at ``start`` (ms)."""
+
+    start: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    closed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Ticker:
+    """The latest price of a symbol with its rolling 24 h statistics."""
+
+    symbol: str
+    price: float
+    bid: float
+    ask: float
+    open: float
+    high: float
+    low: float
+    volume: float
+    quote_volume: float
+    time: int
+
+    @property
+    def change(self) -> float:
+        return self.price - self.open
+
+    @property
+    def change_pct(self) -> float:
+        return 100.0 * (self.price - self.open) / self.open if self.open else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """Closed one-minute candles before the feed started (oldest first).
+
+    A feed sends this once per symbol at start so the 24 h statistics and
+    the charts have a past.
+    """
+
+    symbol: str
+    minutes: tuple[Candle, ...]
+
+
+MarketEvent = Trade | Book | History

@@ -1,0 +1,352 @@
+"""Protocol v1 of the bot socket: message builders, encoding, validation.
+
+No asyncio here: builders take values and return ``dict`` messages, the
+encoder returns bytes, the decoder turns a client frame into a
+:data:`ClientMessage` or raises :class:`~bixweb.errors.ProtocolError`.
+The JSON Schemas under ``schemas/`` are the contract; validators are built
+once per process (:func:`schemas`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import orjson
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+from referencing import Registry, Resource
+
+from bixweb.errors import ProtocolError
+from bixweb.model import Book, Candle, Interval, Ticker, Trade
+
+ROOT: Final = Path(__file__).resolve().parent.parent
+SCHEMA_DIR: Final = ROOT / "schemas"
+
+Message = dict[str, Any]
+Direction = Literal["server", "client"]
+
+encode = orjson.dumps
+"""Encode a message to the bytes of one text frame."""
+
+
+def batch_frame(parts: Sequence[bytes]) -> bytes:
+    """One frame for several already-encoded messages: bare if only one."""
+    if len(parts) == 1:
+        return parts[0]
+    return b'{"type":"batch","messages":[' + b",".join(parts) + b"]}"
+
+
+# -- data objects -----------------------------------------------------------
+
+
+def ticker_data(t: Ticker) -> Message:
+    return {
+        "price": t.price,
+        "bid": t.bid,
+        "ask": t.ask,
+        "open": t.open,
+        "high": t.high,
+        "low": t.low,
+        "volume": t.volume,
+        "quote_volume": t.quote_volume,
+        "change": round(t.change, 8),
+        "change_pct": round(t.change_pct, 4),
+        "time": t.time,
+    }
+
+
+def trade_data(t: Trade) -> Message:
+    return {"id": t.id, "price": t.price, "qty": t.qty, "side": t.side, "time": t.time}
+
+
+def book_data(b: Book) -> Message:
+    return {"bids": [list(level) for level in b.bids], "asks": [list(level) for level in b.asks], "time": b.time}
+
+
+def candle_data(c: Candle) -> Message:
+    return {
+        "start": c.start,
+        "open": c.open,
+        "high": c.high,
+        "low": c.low,
+        "close": c.close,
+        "volume": c.volume,
+        "closed": c.closed,
+    }
+
+
+# -- server messages --------------------------------------------------------
+
+
+def ticker_message(t: Ticker, seq: int, now_ms: int) -> Message:
+    return {"type": "market_update", "ts": now_ms, "symbol": t.symbol, "seq": seq, "data": ticker_data(t)}
+
+
+def trade_message(t: Trade, seq: int, now_ms: int) -> Message:
+    return {"type": "trade", "ts": now_ms, "symbol": t.symbol, "seq": seq, "data": trade_data(t)}
+
+
+def book_message(b: Book, seq: int, now_ms: int) -> Message:
+    return {"type": "book", "ts": now_ms, "symbol": b.symbol, "seq": seq, "data": book_data(b)}
+
+
+def candle_message(symbol: str, interval: Interval, c: Candle, seq: int, now_ms: int) -> Message:
+    return {
+        "type": "candle",
+        "ts": now_ms,
+        "symbol": symbol,
+        "seq": seq,
+        "interval": interval.label,
+        "data": candle_data(c),
+    }
+
+
+def initial_data_message(
+    now_ms: int,
+    seq: Mapping[str, int],
+    *,
+    tickers: Mapping[str, Message],
+    trades: Mapping[str, list[Message]],
+    books: Mapping[str, Message],
+    candles: Mapping[str, Mapping[str, list[Message]]],
+) -> Message:
+    message: Message = {"type": "initial_data", "ts": now_ms, "seq": dict(seq)}
+    for name, part in (("tickers", tickers), ("trades", trades), ("books", books), ("candles", candles)):
+        if part:
+            message[name] = dict(part)
+    return message
+
+
+def subscriptions_data(streams: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    """``{channel: [symbols]}`` for a set of ``(channel, symbol)`` pairs."""
+    out: dict[str, list[str]] = {}
+    for channel, symbol in sorted(streams):
+        out.setdefault(channel, []).append(symbol)
+    return out
+
+
+def welcome_message(
+    now_ms: int,
+    *,
+    server: str,
+    session: str,
+    symbols: Sequence[str],
+    channels: Sequence[str],
+    heartbeat_s: float,
+    status_interval_s: float,
+    limits: Mapping[str, int | float],
+    subscriptions: Iterable[tuple[str, str]],
+) -> Message:
+    return {
+        "type": "welcome",
+        "ts": now_ms,
+        "protocol": 1,
+        "server": server,
+        "session": session,
+        "symbols": list(symbols),
+        "channels": list(channels),
+        "intervals": [i.label for i in Interval],
+        "heartbeat_s": heartbeat_s,
+        "status_interval_s": status_interval_s,
+        "limits": dict(limits),
+        "subscriptions": subscriptions_data(subscriptions),
+    }
+
+
+def status_message(
+    now_ms: int, *, feed: str, clients: int, uptime_s: float, last_event_ms: int | None
+) -> Message:
+    return {
+        "type": "status",
+        "ts": now_ms,
+        "feed": feed,
+        "clients": clients,
+        "uptime_s": round(uptime_s, 3),
+        "last_event_ms": last_event_ms,
+    }
+
+
+def _with_id(message: Message, request_id: str | int | None) -> Message:
+    if request_id is not None:
+        message["id"] = request_id
+    return message
+
+
+def pong_message(now_ms: int, request_id: str | int | None = None) -> Message:
+    return _with_id({"type": "pong", "ts": now_ms}, request_id)
+
+
+def ack_message(
+    now_ms: int,
+    *,
+    op: str,
+    symbols: Sequence[str],
+    channels: Sequence[str],
+    subscriptions: Iterable[tuple[str, str]],
+    request_id: str | int | None = None,
+) -> Message:
+    return _with_id(
+        {
+            "type": "ack",
+            "ts": now_ms,
+            "op": op,
+            "symbols": list(symbols),
+            "channels": list(channels),
+            "subscriptions": subscriptions_data(subscriptions),
+        },
+        request_id,
+    )
+
+
+def error_message(now_ms: int, error: ProtocolError) -> Message:
+    message: Message = {"type": "error", "ts": now_ms, "code": error.code, "message": error.message}
+    if error.path is not None:
+        message["path"] = error.path
+    return _with_id(message, error.request_id)
+
+
+# -- client messages --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    symbols: tuple[str, ...]
+    channels: tuple[str, ...]
+    id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    symbols: tuple[str, ...]
+    channels: tuple[str, ...]
+    id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    id: str | int | None = None
+
+
+ClientMessage = Subscribe | Unsubscribe | Ping
+
+
+def _request_id(obj: Mapping[str, Any]) -> str | int | None:
+    value = obj.get("id")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) or (isinstance(value, str) and len(value) <= 64):
+        return value
+    return None
+
+
+def parse_client_message(frame: str | bytes) -> ClientMessage:
+    """Decode and validate one client frame.
+
+    Raises :class:`ProtocolError` with code ``invalid_json``,
+    ``invalid_message`` (with the failing JSON ``path``) or ``unknown_type``.
+    Whether symbols and channels exist is for the caller to check.
+    """
+    try:
+        obj = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("invalid_json", "the frame is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("invalid_message", "a message is a JSON object", path="$")
+    request_id = _request_id(obj)
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("invalid_message", "a message needs a string 'type'", request_id=request_id, path="$.type")
+    validator = schemas().validators["client"].get(kind)
+    if validator is None:
+        raise ProtocolError("unknown_type", f"unknown message type {kind[:32]!r}", request_id=request_id, path="$.type")
+    error = best_match(validator.iter_errors(obj))
+    if error is not None:
+        raise ProtocolError("invalid_message", error.message[:200], request_id=request_id, path=error.json_path)
+    if kind == "ping":
+        return Ping(request_id)
+    symbols, channels = tuple(obj["symbols"]), tuple(obj["channels"])
+    if kind == "subscribe":
+        return Subscribe(symbols, channels, request_id)
+    return Unsubscribe(symbols, channels, request_id)
+
+
+# -- schemas ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SchemaSet:
+    """Every schema file, with one validator per message type and direction."""
+
+    files: Mapping[str, Message]
+    """Path under ``schemas/`` (``"server/trade.json"``) to the parsed schema."""
+    validators: Mapping[Direction, Mapping[str, Draft202012Validator]]
+
+    def errors(self, direction: Direction, message: Mapping[str, Any]) -> list[str]:
+        """Why ``message`` breaks its schema: ``path: reason`` lines, empty if it is valid."""
+        validator = self.validators[direction].get(str(message.get("type")))
+        if validator is None:
+            return [f"$.type: no {direction} message type {message.get('type')!r}"]
+        return [f"{e.json_path}: {e.message}" for e in validator.iter_errors(message)]
+
+
+@functools.cache
+def schemas(directory: Path = SCHEMA_DIR) -> SchemaSet:
+    """Load ``schemas/`` once; each validator is built here and reused."""
+    files = {
+        path.relative_to(directory).as_posix(): json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted(directory.rglob("*.json"))
+    }
+    registry: Registry[Any] = Registry().with_resources(
+        (schema["$id"], Resource.from_contents(schema)) for schema in files.values()
+    )
+    validators: dict[Direction, dict[str, Draft202012Validator]] = {"server": {}, "client": {}}
+    for direction, by_type in validators.items():
+        for name, schema in files.items():
+            if name.startswith(direction + "/"):
+                by_type[name.removeprefix(direction + "/").removesuffix(".json")] = Draft202012Validator(
+                    schema, registry=registry
+                )
+    return SchemaSet(files, validators)
+
+
+def resolve_streams(
+    symbols: Sequence[str],
+    channels: Sequence[str],
+    known_symbols: Sequence[str],
+    known_channels: Sequence[str],
+    *,
+    request_id: str | int | None = None,
+) -> list[tuple[str, str]]:
+    """``(channel, symbol)`` pairs for a request; ``"*"`` means every known symbol.
+
+    Raises ``unknown_symbol`` or ``unknown_channel`` naming the first bad
+    entry's path, so a request is taken whole or not at all.
+    """
+    known = set(known_symbols)
+    for n, channel in enumerate(channels):
+        if channel not in known_channels:
+            raise ProtocolError(
+                "unknown_channel",
+                f"unknown channel {channel[:32]!r}; channels are {', '.join(known_channels)}",
+                request_id=request_id,
+                path=f"$.channels[{n}]",
+            )
+    chosen: dict[str, None] = {}
+    for n, symbol in enumerate(symbols):
+        if symbol == "*":
+            chosen.update(dict.fromkeys(known_symbols))
+        elif symbol in known:
+            chosen[symbol] = None
+        else:
+            raise ProtocolError(
+                "unknown_symbol",
+                f"unknown symbol {symbol[:32]!r}",
+                request_id=request_id,
+                path=f"$.symbols[{n}]",
+            )
+    return [(channel, symbol) for channel in dict.fromkeys(channels) for symbol in chosen]

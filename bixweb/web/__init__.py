@@ -1,0 +1,1 @@
+"""The aiohttp layer: handlers, the per-connection writer and the app factory."""

@@ -1,0 +1,175 @@
+"""``GET /ws``: the JSON WebSocket for bots (protocol v1, ``docs/protocol.md``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+from aiohttp import WSMsgType, web
+
+from bixweb import __version__, protocol
+from bixweb.errors import ProtocolError
+from bixweb.hub import Outbox
+from bixweb.limits import TokenBucket
+from bixweb.model import CHANNELS, TICKER, stream_key
+from bixweb.web.connection import CLOSE_POLICY, Connection
+from bixweb.web.service import SERVICE, Service, now_ms
+
+log = logging.getLogger("bixweb.bot")
+
+
+def initial_streams(query: Mapping[str, str], symbols: list[str], limit: int) -> list[tuple[str, str]]:
+    """The subscription a connection starts with, from ``?symbols=…&channels=…``.
+
+    A missing or empty parameter takes its default: every symbol, the ticker.
+    """
+    wanted_symbols = [s.strip() for s in query.get("symbols", "").split(",") if s.strip()]
+    wanted_channels = [c.strip() for c in query.get("channels", "").split(",") if c.strip()]
+    streams = protocol.resolve_streams(wanted_symbols or ["*"], wanted_channels or [TICKER], symbols, CHANNELS)
+    if len(streams) > limit:
+        raise ProtocolError("too_many_subscriptions", f"at most {limit} streams per connection")
+    return streams
+
+
+class BotSession:
+    """The per-connection logic of the bot protocol: subscriptions and requests."""
+
+    def __init__(self, service: Service, conn: Connection, streams: list[tuple[str, str]]) -> None:
+        self.service = service
+        self.conn = conn
+        self.streams: set[tuple[str, str]] = set()
+        settings = service.settings
+        self.bucket = TokenBucket(settings.max_messages_per_s, settings.max_messages_per_s * 2, time.monotonic())
+        self.denied = 0
+        self.service.hub.add(conn)
+        self._subscribe(streams)
+
+    def send(self, message: protocol.Message) -> None:
+        self.conn.deliver(self.service.hub.encode(message))
+
+    def _subscribe(self, streams: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        added = [s for s in streams if s not in self.streams]
+        self.streams.update(added)
+        self.service.hub.set_streams(self.conn, frozenset(stream_key(c, s) for c, s in self.streams))
+        return added
+
+    def welcome(self) -> None:
+        s = self.service.settings
+        self.send(
+            protocol.welcome_message(
+                now_ms(),
+                server=__version__,
+                session=self.conn.session,
+                symbols=self.service.market.symbols,
+                channels=CHANNELS,
+                heartbeat_s=s.heartbeat,
+                status_interval_s=s.status_interval,
+                limits={
+                    "max_message_bytes": s.max_message_bytes,
+                    "max_messages_per_s": s.max_messages_per_s,
+                    "max_subscriptions": s.max_subscriptions,
+                    "outbox_messages": s.outbox_messages,
+                    "outbox_bytes": s.outbox_bytes,
+                    "history_points": s.history_points,
+                },
+                subscriptions=self.streams,
+            )
+        )
+        self.send(self.service.market.snapshot(sorted(self.streams), now_ms()))
+
+    def receive(self, frame: str | bytes) -> None:
+        """Handle one client frame; every refusal becomes an ``error`` message."""
+        try:
+            if not self.bucket.allow(time.monotonic()):
+                self.denied += 1
+                if self.denied > self.bucket.burst:
+                    log.warning("flood session=%s peer=%s: closing", self.conn.session, self.conn.peer)
+                    self.conn.close_soon(CLOSE_POLICY, "too many messages")
+                    return
+                raise ProtocolError("rate_limited", f"more than {self.bucket.rate:g} messages per second")
+            self.denied = 0
+            if isinstance(frame, bytes):
+                raise ProtocolError("binary_not_supported", "send JSON in text frames")
+            self.handle(protocol.parse_client_message(frame))
+        except ProtocolError as exc:
+            log.info(
+                "refused session=%s peer=%s code=%s path=%s",
+                self.conn.session, self.conn.peer, exc.code, exc.path or "-",
+            )
+            self.send(protocol.error_message(now_ms(), exc))
+
+    def handle(self, request: protocol.ClientMessage) -> None:
+        if isinstance(request, protocol.Ping):
+            self.send(protocol.pong_message(now_ms(), request.id))
+            return
+        market = self.service.market
+        streams = protocol.resolve_streams(
+            request.symbols, request.channels, market.symbols, CHANNELS, request_id=request.id
+        )
+        symbols = sorted({s for _, s in streams})
+        channels = list(dict.fromkeys(c for c, _ in streams))
+        if isinstance(request, protocol.Subscribe):
+            limit = self.service.settings.max_subscriptions
+            if len(self.streams | set(streams)) > limit:
+                raise ProtocolError(
+                    "too_many_subscriptions", f"at most {limit} streams per connection", request_id=request.id
+                )
+            added = self._subscribe(streams)
+            self._ack("subscribe", symbols, channels, request.id)
+            if added:
+                self.send(market.snapshot(sorted(added), now_ms()))
+        else:
+            self.streams.difference_update(streams)
+            self.service.hub.set_streams(self.conn, frozenset(stream_key(c, s) for c, s in self.streams))
+            self._ack("unsubscribe", symbols, channels, request.id)
+
+    def _ack(self, op: str, symbols: list[str], channels: list[str], request_id: str | int | None) -> None:
+        self.send(
+            protocol.ack_message(
+                now_ms(), op=op, symbols=symbols, channels=channels, subscriptions=self.streams, request_id=request_id
+            )
+        )
+
+    def close(self) -> None:
+        self.service.hub.remove(self.conn)
+
+
+async def bot_socket(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    settings = service.settings
+    try:
+        streams = initial_streams(request.query, service.market.symbols, settings.max_subscriptions)
+    except ProtocolError as exc:
+        return web.json_response({"code": exc.code, "message": exc.message, "path": exc.path}, status=400)
+    ws = web.WebSocketResponse(
+        heartbeat=settings.heartbeat, max_msg_size=settings.max_message_bytes, compress=False
+    )
+    if not ws.can_prepare(request).ok:
+        return web.json_response(
+            {"code": "upgrade_required", "message": "this is a WebSocket endpoint"}, status=426,
+            headers={"Upgrade": "websocket"},
+        )
+    await ws.prepare(request)
+    conn = Connection(
+        ws, request, kind="bot",
+        outbox=Outbox(max_frames=settings.outbox_messages, max_bytes=settings.outbox_bytes),
+    )
+    service.connections.add(conn)
+    conn.start()
+    session = BotSession(service, conn, streams)
+    session.welcome()
+    log.info("connected kind=bot session=%s peer=%s streams=%d", conn.session, conn.peer, len(streams))
+    try:
+        async for msg in ws:
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                session.receive(msg.data)
+    finally:
+        session.close()
+        service.connections.discard(conn)
+        await conn.stop()
+        log.info(
+            "disconnected kind=bot session=%s peer=%s code=%s reason=%s frames=%d",
+            conn.session, conn.peer, conn.close_code or ws.close_code, conn.close_reason or "-", conn.frames_sent,
+        )
+    return ws

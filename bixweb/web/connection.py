@@ -1,0 +1,124 @@
+"""One WebSocket peer: its bounded outbox and the writer task that empties it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from aiohttp import WSMsgType, web
+
+from bixweb.hub import Outbox
+
+log = logging.getLogger("bixweb.connection")
+
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_RESTART = 1012
+CLOSE_SLOW_CONSUMER = 4008
+
+
+class Connection:
+    """A socket with its own outbox; :meth:`deliver` never waits.
+
+    The writer task is the only code that awaits this peer. When the outbox
+    overflows the connection closes itself with :data:`CLOSE_SLOW_CONSUMER`
+    in a task of its own, giving the close handshake ``close_timeout``
+    seconds before the transport is aborted.
+    """
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        request: web.Request,
+        *,
+        kind: str,
+        outbox: Outbox,
+        close_timeout: float = 2.0,
+    ) -> None:
+        self.ws = ws
+        self.request = request
+        self.kind = kind
+        self.session = secrets.token_hex(6)
+        self.outbox = outbox
+        self.close_timeout = close_timeout
+        self.close_reason: str | None = None
+        self.close_code: int | None = None
+        """The code this side closed with, if it did."""
+        self.frames_sent = 0
+        self._ready = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+
+    @property
+    def peer(self) -> str:
+        return self.request.remote or "-"
+
+    @property
+    def closing(self) -> bool:
+        return self.close_reason is not None
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._write(), name=f"writer-{self.session}")
+
+    def deliver(self, frame: bytes) -> None:
+        """Queue a text frame for this peer."""
+        if self.close_reason is not None:
+            return
+        if not self.outbox.put(frame):
+            log.warning(
+                "slow consumer kind=%s session=%s peer=%s queued=%d bytes=%d",
+                self.kind, self.session, self.peer, len(self.outbox), self.outbox.size,
+            )
+            self.close_soon(CLOSE_SLOW_CONSUMER, "slow consumer")
+            return
+        self._ready.set()
+
+    async def _write(self) -> None:
+        ws, outbox, ready = self.ws, self.outbox, self._ready
+        try:
+            while True:
+                frame = outbox.get()
+                if frame is None:
+                    ready.clear()
+                    await ready.wait()
+                    continue
+                await ws.send_frame(frame, WSMsgType.TEXT)
+                self.frames_sent += 1
+        except (ConnectionError, RuntimeError):
+            pass  # the peer went away; the handler's receive loop sees the close
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Start closing with ``code``; returns at once."""
+        if self.close_reason is not None:
+            return
+        self.close_reason = reason
+        self.close_code = code
+        self.outbox.clear()
+        if self._writer is not None:
+            self._writer.cancel()
+        self._closer = asyncio.create_task(self._close(code, reason), name=f"close-{self.session}")
+
+    async def _close(self, code: int, reason: str) -> None:
+        try:
+            async with asyncio.timeout(self.close_timeout):
+                await self.ws.close(code=code, message=reason.encode(), drain=False)
+            return
+        except (TimeoutError, ConnectionError, RuntimeError):
+            pass
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
+
+    async def stop(self) -> None:
+        """Stop the writer (after the socket has closed) and wait for a pending close."""
+        if self._writer is not None:
+            self._writer.cancel()
+        if self._closer is not None and self._closer is not asyncio.current_task():
+            await asyncio.gather(self._closer, return_exceptions=True)
+
+    async def wait_closed(self) -> None:
+        if self._closer is not None:
+            await asyncio.gather(self._closer, return_exceptions=True)

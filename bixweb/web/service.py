@@ -1,0 +1,46 @@
+"""What the app holds while it runs: market, hub, feed state, open sockets."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from bixweb.config import Settings
+from bixweb.hub import Hub
+from bixweb.market import Market
+from bixweb.web.connection import Connection
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(eq=False)
+class Service:
+    """The running service; one per app, stored under :data:`SERVICE`."""
+
+    settings: Settings
+    market: Market
+    hub: Hub
+    started: float = field(default_factory=time.monotonic)
+    feed_down: bool = False
+    connections: set[Connection] = field(default_factory=set)
+    """Open sockets of every kind; each handler adds its own and removes it when done."""
+
+    def feed_state(self, now: int) -> str:
+        """``live``, ``stale`` (nothing for ``stale_after`` seconds) or ``down``."""
+        if self.feed_down:
+            return "down"
+        last = self.market.last_event_ms
+        if last is None or now - last > self.settings.stale_after * 1000:
+            return "stale"
+        return "live"
+
+    @property
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started
+
+
+SERVICE = web.AppKey("service", Service)

@@ -1,0 +1,97 @@
+"""Test helpers: settings for the in-process app, schema checks, real server processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bixweb import protocol
+from bixweb.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+LISTENING = re.compile(rb"listening on http://[^:]+:(\d+)/")
+
+
+def fast_settings(**overrides: Any) -> Settings:
+    """Settings for in-process tests: seeded, quick ticks, strict outbound validation."""
+    values: dict[str, Any] = {"port": 0, "seed": 7, "tick_rate": 20.0, "status_interval": 0.5, "strict": True}
+    values.update(overrides)
+    return Settings(**values)
+
+
+def assert_valid(message: dict[str, Any]) -> None:
+    """The message, and every message inside a batch, matches its server schema."""
+    errors = protocol.schemas().errors("server", message)
+    assert not errors, (message.get("type"), errors[:3])
+    for inner in message.get("messages", []) if message.get("type") == "batch" else []:
+        errors = protocol.schemas().errors("server", inner)
+        assert not errors, (inner.get("type"), errors[:3])
+
+
+def unwrap(message: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(message["messages"]) if message["type"] == "batch" else [message]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """``python -m bixweb`` in a child process, on a port it reports."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.args = ["--port", "0", *args] if "--port" not in args else list(args)
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.output = b""
+
+    def start(self, timeout: float = 15.0) -> ServerProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bixweb", *self.args],
+            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.output += line
+            match = LISTENING.search(line)
+            if match:
+                self.port = int(match.group(1))
+                os.set_blocking(self.proc.stdout.fileno(), False)
+                return self
+        self.stop()
+        raise RuntimeError(f"bixweb did not start: {self.output.decode(errors='replace')}")
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            with contextlib.suppress(Exception):
+                self.output += self.proc.stdout.read() or b""
+            self.proc.stdout.close()
+        return self.proc.returncode

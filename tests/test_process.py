@@ -1,0 +1,88 @@
+"""The real ``python -m bixweb`` process, spoken to by a plain WebSocket client (``websockets``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import websockets
+
+from bixweb.feeds.simulated import DEFAULT_SYMBOLS
+from tests.support import ROOT, ServerProcess, assert_valid, unwrap
+
+Start = Callable[..., ServerProcess]
+
+
+async def test_welcome_snapshot_then_updates_for_all_symbols_within_2s(server_process: Start) -> None:
+    server = server_process("--seed", "11")
+    async with websockets.connect(server.url) as ws:
+        started = time.monotonic()
+        frames: list[dict[str, Any]] = []
+        symbols_seen: set[str] = set()
+        while symbols_seen != set(DEFAULT_SYMBOLS):
+            assert time.monotonic() - started < 2.0, f"only {sorted(symbols_seen)} within 2 s"
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 2.0))
+            assert_valid(frame)
+            frames.append(frame)
+            symbols_seen |= {m["symbol"] for m in unwrap(frame) if m["type"] == "market_update"}
+    assert [f["type"] for f in frames[:2]] == ["welcome", "initial_data"]
+    assert set(frames[1]["tickers"]) == set(DEFAULT_SYMBOLS)
+
+
+async def test_sigterm_closes_sockets_with_1012_and_exits_cleanly(server_process: Start) -> None:
+    server = server_process()
+    async with websockets.connect(server.url) as ws:
+        await ws.recv()
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(ws.recv(), 5.0)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+    assert server.stop() == 0
+    assert b"shutting down" in server.output
+
+
+def test_help_lists_every_option_with_its_variable() -> None:
+    from bixweb.config import OPTIONS, env_name
+
+    out = subprocess.run([sys.executable, "-m", "bixweb", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    for name in OPTIONS:
+        assert "--" + name.replace("_", "-") in out, name
+        assert env_name(name) in out, name
+
+
+def test_options_come_from_bixweb_variables(server_process: Start) -> None:
+    server = server_process(env={"BIXWEB_SYMBOLS": "BTCUSDT,ETHUSDT", "BIXWEB_LOG_LEVEL": "debug"})
+
+    async def symbols() -> list[str]:
+        async with websockets.connect(server.url) as ws:
+            welcome = json.loads(await ws.recv())
+            return list(welcome["symbols"])
+
+    assert asyncio.run(symbols()) == ["BTCUSDT", "ETHUSDT"]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["--port", "0", "--symbols", "BTCUSDT,NOPEUSDT"], {}, "NOPEUSDT"),
+        (["--port", "0", "--tick-rate", "0"], {}, "--tick-rate"),
+        ([], {"BIXWEB_PORT": "http"}, "BIXWEB_PORT"),
+    ],
+)
+def test_bad_options_stop_start_up_with_a_clear_message(args: list[str], env: dict[str, str], expected: str) -> None:
+    import os
+
+    result = subprocess.run([sys.executable, "-m", "bixweb", *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=30, env={**os.environ, **env})
+    assert result.returncode == 2
+    assert expected in result.stderr and "Traceback" not in result.stderr
