@@ -1,0 +1,607 @@
+"""The bot client library: a client for ``GET /ws`` (protocol v1, ``docs/protocol.md``).
+
+In an asyncio program::
+
+    async with WebSocketClient("ws://127.0.0.1:8080/ws", symbols=["BTCUSDT"]) as client:
+        await client.subscribe(["BTCUSDT"], ["trades"])
+        async for message in client:  # welcome, initial_data, market_update, trade, ...
+            ...
+
+In a plain synchronous program::
+
+    client = WebSocketClient(symbols=["BTCUSDT", "ETHUSDT"])
+    client.start_background()
+    ...
+    price = client.get_latest_price("BTCUSDT")  # None until the first ticker
+    client.stop()
+
+How it runs: each client has one *receive loop*, a task that reads the socket,
+unwraps ``batch`` frames, updates what the client knows (latest tickers, seq
+per stream, subscriptions), answers pending requests, puts every message in a
+bounded queue and calls the callbacks. :meth:`WebSocketClient.connect` starts
+it; :meth:`~WebSocketClient.receive_messages` waits for it (starting it first
+if needed); ``async for`` and :meth:`~WebSocketClient.get_message` start it if
+nothing else has. It reconnects with backoff after any close except one asked
+for with :meth:`~WebSocketClient.disconnect`, then subscribes again to
+everything the client had. Only the client's own event loop may call its
+coroutines; in background mode, read it from other threads through the
+thread-safe readers (``get_latest_*``, ``is_connected``, ``queue``, counters).
+
+This module uses aiohttp's client only: it never imports ``aiohttp.web``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import logging
+import random
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import Literal
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from bixweb.client.streams import (
+    CLOSE_REASONS,
+    Callback,
+    MarketView,
+    Message,
+    Request,
+    Stream,
+    backoff_delays,
+    error_from_message,
+    streams_of,
+    subscription_requests,
+    subscriptions_map,
+    unwrap,
+)
+from bixweb.errors import ProtocolError
+from bixweb.model import stream_key
+
+log = logging.getLogger("bixweb.client")
+
+
+def _names(value: str | Iterable[str]) -> list[str]:
+    items = value.split(",") if isinstance(value, str) else value
+    return [item.strip() for item in items if item.strip()]
+
+
+def _describe(exc: BaseException | None) -> str:
+    return f"{type(exc).__name__}: {exc}" if exc is not None else "-"
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Connection failures worth retrying; a 4xx answer to the upgrade will not change."""
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        return not (400 <= exc.status < 500) or exc.status == 429
+    return isinstance(exc, aiohttp.ClientError | OSError | TimeoutError)
+
+
+# -- the client ---------------------------------------------------------------
+
+
+class WebSocketClient:
+    """A bixweb bot client: connects, keeps its subscriptions across reconnects, collects data.
+
+    ``url`` is the socket's address (``ws://host:port/ws``); without it the
+    client uses ``host`` and ``port``. ``symbols`` and ``channels`` (lists or
+    comma-separated strings) become the ``?symbols=&channels=`` query that
+    chooses the initial subscription; the server's default is the ticker of
+    every symbol.
+
+    Every message (``batch`` frames unwrapped; including the acks of the
+    requests the client sends itself to restore subscriptions after a
+    reconnect) goes to every callable in :attr:`callbacks` and into a queue of at
+    most ``queue_size`` messages read by ``async for`` or :meth:`get_message`;
+    when it is full the oldest message is dropped and counted in
+    :attr:`dropped`. Callbacks run inside the receive loop: keep them short,
+    and do not await :meth:`subscribe` in one (start a task instead).
+
+    Other options: ``auto_reconnect`` (reconnect after any close that
+    :meth:`disconnect` did not ask for), ``reconnect_initial`` and
+    ``reconnect_max`` (see :func:`backoff_delays`), ``request_timeout`` for
+    ``subscribe``/``unsubscribe``, ``connect_timeout`` per attempt,
+    ``heartbeat`` (seconds between client pings; ``None``: only answer the
+    server's), ``max_message_size`` of a server frame, and ``rng`` to make the
+    jitter reproducible.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        symbols: str | Iterable[str] | None = None,
+        channels: str | Iterable[str] | None = None,
+        auto_reconnect: bool = True,
+        queue_size: int = 100,
+        reconnect_initial: float = 1.0,
+        reconnect_max: float = 30.0,
+        request_timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+        heartbeat: float | None = 30.0,
+        max_message_size: int = 64 * 1024 * 1024,
+        callbacks: Iterable[Callback] = (),
+        rng: random.Random | None = None,
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        backoff_delays(reconnect_initial, reconnect_max)  # check the values now
+        address = URL(url) if url is not None else URL.build(scheme="ws", host=host, port=port, path="/ws")
+        if symbols is not None:
+            address = address.update_query(symbols=",".join(_names(symbols)))
+        if channels is not None:
+            address = address.update_query(channels=",".join(_names(channels)))
+        self.url = str(address)
+        self.auto_reconnect = auto_reconnect
+        self.reconnect_initial = reconnect_initial
+        self.reconnect_max = reconnect_max
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self.heartbeat = heartbeat
+        self.max_message_size = max_message_size
+        self.callbacks: list[Callback] = list(callbacks)
+        """Called with every message, in order; exceptions are logged and ignored."""
+        self.view = MarketView()
+        """Latest tickers and ``seq`` per stream (``view.seq("trades:BTCUSDT")``)."""
+        self.welcome: Message | None = None
+        """The last ``welcome`` message (server version, symbols, limits)."""
+        self.close_code: int | None = None
+        """How the last connection ended (1012 server restart, 4008 slow consumer, ...)."""
+        self.connections = 0
+        """Sockets opened so far; above 1 after a reconnect."""
+        self.dropped = 0
+        """Messages dropped from the full queue."""
+        self._rng = rng or random.Random()
+        self._queue: deque[Message] = deque(maxlen=queue_size)
+        self._lock = threading.Lock()
+        self._wanted: set[Stream] | None = None  # None until the first welcome says what the query meant
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Message]] = {}
+        self._online = threading.Event()
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: asyncio.Event | None = None
+        self._connected: asyncio.Event | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread_stop: asyncio.Event | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse[Literal[False]] | None = None
+        self._run_task: asyncio.Task[None] | None = None
+        self._resubscriber: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- thread-safe readers ---------------------------------------------
+
+    @property
+    def gaps(self) -> int:
+        """How many times a stream's ``seq`` jumped (messages were missed)."""
+        return self.view.gaps
+
+    @property
+    def queue(self) -> list[Message]:
+        """A copy of the queued messages, oldest first."""
+        with self._lock:
+            return list(self._queue)
+
+    @property
+    def subscriptions(self) -> dict[str, list[str]]:
+        """What the client is subscribed to, as ``{channel: [symbols]}``; restored after a reconnect."""
+        with self._lock:
+            return subscriptions_map(self._wanted or ())
+
+    def is_connected(self) -> bool:
+        """Whether a socket is open now."""
+        return self._online.is_set()
+
+    def get_latest_price(self, symbol: str) -> float | None:
+        """The last price of ``symbol`` from its ticker, or ``None`` before the first one."""
+        ticker = self.view.ticker(symbol)
+        return float(ticker["price"]) if ticker is not None else None
+
+    def get_latest_data(self) -> dict[str, Message]:
+        """The latest ticker of every symbol seen (``initial_data`` and ``market_update``)."""
+        return self.view.tickers()
+
+    # -- connecting ------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the socket (one attempt; raises on failure) and start the receive loop.
+
+        Raises :class:`aiohttp.ClientError`, :class:`OSError` or
+        :class:`TimeoutError` when the server cannot be reached. When the loop
+        is already running (perhaps between reconnects), wait until it is
+        connected instead.
+        """
+        self._bind_loop()
+        self._closing = False
+        if self._run_task is not None and not self._run_task.done():
+            assert self._connected is not None
+            async with asyncio.timeout(self.connect_timeout):
+                await self._connected.wait()
+            return
+        try:
+            await self._open()
+        except BaseException:
+            await self._release()
+            raise
+        self._start()
+
+    async def receive_messages(self) -> None:
+        """Run the receive loop until :meth:`disconnect` (or, without ``auto_reconnect``, a close).
+
+        Starts the loop if it is not running, connecting (with retries when
+        ``auto_reconnect`` is on) as needed; cancelling this stops the loop.
+        Raises what stopped the loop, e.g. a 4xx answer to the upgrade.
+        """
+        self._bind_loop()
+        self._closing = False
+        if self._run_task is None or self._run_task.done():
+            self._start()
+        assert self._run_task is not None
+        await self._run_task
+
+    async def disconnect(self) -> None:
+        """Close the socket (1000) and stop the receive loop; no reconnect follows.
+
+        Subscriptions are kept: a later :meth:`connect` restores them.
+        """
+        self._closing = True
+        if self._stop is not None:
+            self._stop.set()  # ends a backoff sleep at once
+        ws, task = self._ws, self._run_task
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.connect_timeout):
+                    await ws.close()
+        if task is None:
+            await self._release()
+        elif task is not asyncio.current_task():
+            # The loop ends by itself now; cancel it only if it hangs (a connection attempt, a callback).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await asyncio.wait({task})
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        self._wake()
+
+    async def __aenter__(self) -> WebSocketClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.disconnect()
+
+    # -- requests --------------------------------------------------------
+
+    async def subscribe(self, symbols: str | Iterable[str], channels: str | Iterable[str]) -> Message:
+        """Add ``symbols`` x ``channels`` (``"*"`` = every symbol); returns the ``ack``.
+
+        An ``initial_data`` for the new streams follows the ack in the message
+        flow. Raises :class:`ProtocolError` if the server refuses (nothing
+        changes then), :class:`TimeoutError` after ``request_timeout`` and
+        :class:`ConnectionError` if the client is not connected or the
+        connection drops first.
+        """
+        return await self._request("subscribe", _names(symbols), _names(channels))
+
+    async def unsubscribe(self, symbols: str | Iterable[str], channels: str | Iterable[str]) -> Message:
+        """Remove ``symbols`` x ``channels``; returns the ``ack``. Raises as :meth:`subscribe`."""
+        return await self._request("unsubscribe", _names(symbols), _names(channels))
+
+    async def _request(
+        self, op: Literal["subscribe", "unsubscribe"], symbols: list[str], channels: list[str]
+    ) -> Message:
+        ws = self._ws
+        if ws is None or ws.closed or self._run_task is None or self._run_task.done():
+            raise ConnectionError("not connected")
+        request_id = next(self._ids)
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        request = {"type": op, "id": request_id, "symbols": symbols, "channels": channels}
+        try:
+            await ws.send_frame(orjson.dumps(request), aiohttp.WSMsgType.TEXT)
+            async with asyncio.timeout(self.request_timeout):
+                return await future
+        finally:
+            self._pending.pop(request_id, None)
+
+    # -- the queue -------------------------------------------------------
+
+    async def get_message(self, timeout: float | None = None) -> Message | None:  # noqa: ASYNC109 - like queue.get
+        """The oldest queued message, waiting up to ``timeout`` seconds (``None``: no limit).
+
+        Returns ``None`` on timeout, or when the receive loop has ended and
+        the queue is empty (re-raising what ended the loop, if it failed).
+        Starts the receive loop if nothing has started it.
+        """
+        self._bind_loop()
+        if self._run_task is None and not self._closing:
+            self._start()
+        assert self._ready is not None
+        try:
+            async with asyncio.timeout(timeout):
+                while not self._queue and not self._ended():
+                    self._ready.clear()
+                    await self._ready.wait()
+        except TimeoutError:
+            return None
+        with self._lock:
+            if self._queue:
+                return self._queue.popleft()
+        task = self._run_task
+        if task is not None and not task.cancelled():
+            failure = task.exception()
+            if failure is not None:
+                raise failure
+        return None
+
+    def _ended(self) -> bool:
+        return self._run_task is None or self._run_task.done()
+
+    def __aiter__(self) -> WebSocketClient:
+        return self
+
+    async def __anext__(self) -> Message:
+        """The next message; stops once the loop has ended and the queue is empty."""
+        message = await self.get_message()
+        if message is None:
+            raise StopAsyncIteration
+        return message
+
+    # -- background thread -----------------------------------------------
+
+    def start_background(self) -> threading.Thread:
+        """Run the client in a daemon thread with its own event loop; returns the thread.
+
+        For synchronous programs: returns once the loop is running (not
+        necessarily connected; the loop retries). Read the client with the
+        thread-safe readers; :meth:`stop` ends it.
+        """
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("the client is already running in the background")
+        started = threading.Event()
+        thread = threading.Thread(target=self._thread_main, args=(started,), name="bixweb-client", daemon=True)
+        self._thread = thread
+        thread.start()
+        started.wait(timeout=5.0)
+        return thread
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Disconnect the background client and join its thread (call from another thread)."""
+        thread, loop, stop = self._thread, self._loop, self._thread_stop
+        if thread is None:
+            return
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has already ended
+                loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout)
+        if thread.is_alive():
+            raise TimeoutError(f"the client thread did not stop within {timeout} s")
+        self._thread = None
+
+    def _thread_main(self, started: threading.Event) -> None:
+        async def main() -> None:
+            self._bind_loop()
+            self._thread_stop = stop = asyncio.Event()
+            self._closing = False
+            self._start()
+            started.set()
+            assert self._run_task is not None
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({self._run_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            await self.disconnect()
+
+        try:
+            asyncio.run(main())
+        finally:
+            self._thread_stop = None
+            started.set()
+
+    # -- the receive loop ------------------------------------------------
+
+    def _bind_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        if self._run_task is not None and not self._run_task.done():
+            raise RuntimeError("the client is running in another event loop")
+        self._loop, self._run_task, self._session = loop, None, None
+        self._ready, self._connected, self._stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    def _start(self) -> None:
+        if self._stop is not None:
+            self._stop.clear()
+        self._run_task = asyncio.create_task(self._run(), name="bixweb-client")
+        self._run_task.add_done_callback(self._log_end)
+
+    @staticmethod
+    def _log_end(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the receive loop stopped: %s", _describe(task.exception()))
+
+    def _backoff(self) -> Iterator[float]:
+        return backoff_delays(self.reconnect_initial, self.reconnect_max, self._rng)
+
+    async def _run(self) -> None:
+        delays: Iterator[float] | None = None
+        try:
+            while not self._closing:
+                ws = self._ws
+                if ws is None or ws.closed:
+                    try:
+                        ws = await self._open()
+                    except Exception as exc:
+                        if not self.auto_reconnect or not _retryable(exc):
+                            raise
+                        delays = delays or self._backoff()
+                        delay = next(delays)
+                        log.warning("cannot connect to %s (%s); retrying in %.2f s", self.url, _describe(exc), delay)
+                        await self._sleep(delay)
+                        continue
+                delays = None
+                try:
+                    await self._read(ws)
+                finally:
+                    await self._lost(ws)
+                if self._closing or not self.auto_reconnect:
+                    break
+                delays = self._backoff()
+                delay = next(delays)
+                reason = CLOSE_REASONS.get(self.close_code or 0, "unexpected close")
+                log.warning("connection closed with %s (%s); reconnecting in %.2f s", self.close_code, reason, delay)
+                await self._sleep(delay)
+        finally:
+            await self._release()
+            self._wake()
+
+    async def _sleep(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if :meth:`disconnect` is called."""
+        assert self._stop is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._stop.wait()
+
+    async def _open(self) -> aiohttp.ClientWebSocketResponse[Literal[False]]:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        async with asyncio.timeout(self.connect_timeout):
+            ws = await self._session.ws_connect(
+                self.url, heartbeat=self.heartbeat, max_msg_size=self.max_message_size, decode_text=False
+            )
+        self._ws = ws
+        self.connections += 1
+        self.view.new_connection()
+        self._online.set()
+        assert self._connected is not None
+        self._connected.set()
+        log.info("connected to %s", self.url)
+        return ws
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse[Literal[False]]) -> None:
+        async for frame in ws:
+            if frame.type is aiohttp.WSMsgType.TEXT:
+                await self._on_frame(frame.data)
+            elif frame.type is aiohttp.WSMsgType.ERROR:
+                log.warning("socket error: %s", _describe(ws.exception()))
+                return
+            else:
+                log.debug("ignored a %s frame", frame.type.name)
+
+    async def _lost(self, ws: aiohttp.ClientWebSocketResponse[Literal[False]]) -> None:
+        if not ws.closed:
+            with contextlib.suppress(Exception):
+                await ws.close()
+        self._ws = None
+        self.close_code = ws.close_code
+        self._online.clear()
+        if self._connected is not None:
+            self._connected.clear()
+        error = ConnectionError(f"connection closed ({self.close_code})")
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        if self._resubscriber is not None:
+            self._resubscriber.cancel()
+
+    async def _release(self) -> None:
+        """Close what is still open: after :meth:`disconnect` or when the loop ends."""
+        ws, session = self._ws, self._session
+        if ws is not None:
+            await self._lost(ws)
+        self._session = None
+        if session is not None:
+            await session.close()
+
+    def _wake(self) -> None:
+        if self._ready is not None:
+            self._ready.set()
+
+    # -- dispatch --------------------------------------------------------
+
+    async def _on_frame(self, data: bytes) -> None:
+        try:
+            frame = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            log.warning("ignored a frame that is not JSON: %r", data[:80])
+            return
+        if not isinstance(frame, dict):
+            log.warning("ignored a frame that is not an object: %r", data[:80])
+            return
+        for message in unwrap(frame):
+            await self._dispatch(message)
+
+    async def _dispatch(self, message: Message) -> None:
+        self.view.apply(message)
+        kind = message.get("type")
+        if kind == "welcome":
+            self._on_welcome(message)
+        elif kind == "ack":
+            self._on_ack(message)
+        elif kind == "error":
+            self._answer(message.get("id"), error=error_from_message(message))
+        self._enqueue(message)
+        for callback in list(self.callbacks):
+            try:
+                result = callback(message)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("callback %r failed on a %s message", callback, kind)
+
+    def _enqueue(self, message: Message) -> None:
+        with self._lock:
+            if len(self._queue) == self._queue.maxlen:
+                self.dropped += 1
+            self._queue.append(message)
+        self._wake()
+
+    def _answer(self, request_id: object, *, ack: Message | None = None, error: ProtocolError | None = None) -> None:
+        future = self._pending.get(request_id) if isinstance(request_id, int) else None
+        if future is None or future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(ack or {})
+
+    def _on_welcome(self, message: Message) -> None:
+        self.welcome = message
+        have = streams_of(message.get("subscriptions", {}))
+        with self._lock:
+            if self._wanted is None:
+                self._wanted = have
+            requests = subscription_requests(have, self._wanted)
+        if requests:
+            log.info("restoring subscriptions: %d requests", len(requests))
+            self._resubscriber = asyncio.create_task(self._resubscribe(requests), name="bixweb-resubscribe")
+
+    def _on_ack(self, message: Message) -> None:
+        streams = {(c, s) for c in message.get("channels", ()) for s in message.get("symbols", ())}
+        with self._lock:
+            wanted = self._wanted if self._wanted is not None else set()
+            if message.get("op") == "subscribe":
+                self._wanted = wanted | streams
+            else:
+                self._wanted = wanted - streams
+        if message.get("op") == "unsubscribe":
+            self.view.forget(stream_key(c, s) for c, s in streams)
+        self._answer(message.get("id"), ack=message)
+
+    async def _resubscribe(self, requests: list[Request]) -> None:
+        for op, symbols, channels in requests:
+            try:
+                await self._request(op, symbols, channels)
+            except ProtocolError as exc:
+                log.warning("could not restore %s %s x %s: %s %s", op, symbols, channels, exc.code, exc.message)
+            except (ConnectionError, TimeoutError) as exc:
+                log.info("restoring subscriptions interrupted: %s", _describe(exc))
+                return
