@@ -1,20 +1,23 @@
 # bixweb: `make run` starts the service, `make test` runs every check.
-# Both create .venv and install what they need; neither needs root yet.
+# Both create .venv and install what they need (PyPI packages into .venv,
+# htmx from npm into node_modules). `make test` also installs Debian's
+# chromium with apt-get when it is missing, which needs root.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
+APT_PACKAGES := chromium fonts-dejavu-core
 
-.PHONY: run test lint typecheck pytest install install-test clean
+.PHONY: run test lint typecheck pytest install install-test system-packages clean
 
-run: install                 ## create the venv, install bixweb, start the server (ARGS="--port 9000 ...")
+run: install                 ## create the venv, install bixweb and htmx, start the server (ARGS="--port 9000 ...")
 	$(BIN)/python -m bixweb $(ARGS)
 
 test: install-test lint typecheck pytest   ## install what the tests need and run them all
 
-install: $(VENV)/.installed
-install-test: $(VENV)/.installed-test
+install: $(VENV)/.installed node_modules/.installed
+install-test: $(VENV)/.installed-test node_modules/.installed system-packages
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +31,17 @@ $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.installed
 
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+system-packages:             ## Debian packages the browser tests drive (root: apt-get)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing with apt-get (needs root)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
 lint:
 	$(BIN)/ruff check bixweb tests
 
@@ -38,4 +52,4 @@ pytest:
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts

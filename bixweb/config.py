@@ -40,6 +40,9 @@ class Settings:
     max_subscriptions: int = 1_000
     outbox_messages: int = 1_024
     outbox_bytes: int = 8 * 1024 * 1024
+    ui_rate: float = 4.0
+    watchlist: tuple[str, ...] = ()
+    """Empty: the first six of ``symbols``."""
     strict: bool = False
 
 
@@ -102,6 +105,8 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max_subscriptions": (_positive(int), "streams (channel x symbol) per connection"),
     "outbox_messages": (_positive(int), "frames queued for a client before it is closed as a slow consumer"),
     "outbox_bytes": (_positive(int), "bytes queued for a client before it is closed as a slow consumer"),
+    "ui_rate": (_positive(float), "dashboard updates per second per fragment (latest wins)"),
+    "watchlist": (_symbols, "comma-separated symbols a new dashboard page watches (default: the first six symbols)"),
     "strict": (_flag, "validate every outbound message against its schema (slow; for debugging)"),
 }
 assert list(OPTIONS) == [f.name for f in fields(Settings)]
@@ -122,8 +127,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action="store_const", const="true", default=None,
                                 help=f"{help_text} [env {env_name(name)}]")
             continue
+        default_text = f" (default: {shown})" if shown != "" else ""
         parser.add_argument(flag, metavar=name.upper(), default=None,
-                            help=f"{help_text} (default: {shown}) [env {env_name(name)}]")
+                            help=f"{help_text}{default_text} [env {env_name(name)}]")
 
 
 def settings_from(args: argparse.Namespace | Mapping[str, Any], environ: Mapping[str, str]) -> Settings:

@@ -12,7 +12,7 @@ closed by its owner; nobody else waits for it.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from bixweb import protocol
@@ -65,11 +65,16 @@ class Subscriber(Protocol):
 class Hub:
     """Streams to subscribers; encode once, fan out bytes.
 
-    ``strict`` validates every message against its schema before it is
-    encoded (slow; for debugging and tests).
+    ``join`` makes one frame of the parts a subscriber is owed in one flush
+    window: a JSON ``batch`` for bots (the default), concatenated HTML
+    fragments for dashboards. ``strict`` validates every message against its
+    schema before it is encoded (slow; for debugging and tests).
     """
 
-    def __init__(self, *, strict: bool = False) -> None:
+    def __init__(
+        self, *, join: Callable[[Sequence[bytes]], bytes] = protocol.batch_frame, strict: bool = False
+    ) -> None:
+        self.join = join
         self.strict = strict
         self._streams: dict[Subscriber, frozenset[str]] = {}
         self._groups: dict[frozenset[str], set[Subscriber]] = {}
@@ -128,27 +133,39 @@ class Hub:
                 raise ValueError(f"outbound {message.get('type')} breaks its schema: {errors[:3]}")
         return protocol.encode(message)
 
+    def has_subscribers(self, stream: str) -> bool:
+        return stream in self._stream_groups
+
+    def streams(self) -> list[str]:
+        """Every stream somebody listens to."""
+        return list(self._stream_groups)
+
     def publish(self, outgoing: Sequence[Outgoing]) -> None:
-        """Fan out one flush window: a frame per subscription, shared by its members."""
+        """Fan out one flush window of messages, each encoded once."""
+        self.publish_encoded(
+            [(item.stream, self.encode(item.message)) for item in outgoing if item.stream in self._stream_groups]
+        )
+
+    def publish_encoded(self, parts: Sequence[tuple[str, bytes]]) -> None:
+        """Fan out ready-made parts: one frame per subscription, shared by its members."""
         pending: dict[frozenset[str], list[bytes]] = {}
-        for item in outgoing:
-            keys = self._stream_groups.get(item.stream)
-            if not keys:
-                continue
-            data = self.encode(item.message)
-            for key in keys:
+        for stream, data in parts:
+            for key in self._stream_groups.get(stream, ()):
                 pending.setdefault(key, []).append(data)
-        for key, parts in pending.items():
-            frame = protocol.batch_frame(parts)
+        for key, parts_of_key in pending.items():
+            frame = self.join(parts_of_key)
             members = self._groups[key]
             self.frames_out += len(members)
-            self.messages_out += len(parts) * len(members)
+            self.messages_out += len(parts_of_key) * len(members)
             for subscriber in list(members):
                 subscriber.deliver(frame)
 
     def broadcast(self, message: dict[str, Any]) -> None:
         """Send one message to every subscriber, encoded once."""
-        frame = self.encode(message)
+        self.broadcast_encoded(self.encode(message))
+
+    def broadcast_encoded(self, frame: bytes) -> None:
+        """Send one ready-made frame to every subscriber."""
         subscribers = list(self._streams)
         self.frames_out += len(subscribers)
         self.messages_out += len(subscribers)

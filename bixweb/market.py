@@ -91,6 +91,8 @@ class SymbolState:
     history_points: int
     trade_history: int
     price: float = 0.0
+    direction: str = "flat"
+    """Of the last price change: ``up``, ``down`` or ``flat``."""
     time: int = 0
     book: Book | None = None
     trades: deque[Trade] = field(init=False)
@@ -182,6 +184,8 @@ class SymbolState:
 
     def add_trade(self, trade: Trade) -> list[tuple[Interval, Candle]]:
         """Apply a trade; return the candles it closed."""
+        if trade.price != self.price:
+            self.direction = "up" if trade.price > self.price else "down"
         self.price = trade.price
         self.time = trade.time
         self.trades.append(trade)

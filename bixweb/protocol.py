@@ -28,7 +28,7 @@ ROOT: Final = Path(__file__).resolve().parent.parent
 SCHEMA_DIR: Final = ROOT / "schemas"
 
 Message = dict[str, Any]
-Direction = Literal["server", "client"]
+Direction = Literal["server", "client", "ui"]
 
 encode = orjson.dumps
 """Encode a message to the bytes of one text frame."""
@@ -244,6 +244,17 @@ def _request_id(obj: Mapping[str, Any]) -> str | int | None:
     return None
 
 
+def parse_json_object(frame: str | bytes) -> dict[str, Any]:
+    """One JSON object, or :class:`ProtocolError` ``invalid_json`` / ``invalid_message``."""
+    try:
+        obj = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("invalid_json", "the frame is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("invalid_message", "a message is a JSON object", path="$")
+    return obj
+
+
 def parse_client_message(frame: str | bytes) -> ClientMessage:
     """Decode and validate one client frame.
 
@@ -251,22 +262,16 @@ def parse_client_message(frame: str | bytes) -> ClientMessage:
     ``invalid_message`` (with the failing JSON ``path``) or ``unknown_type``.
     Whether symbols and channels exist is for the caller to check.
     """
-    try:
-        obj = orjson.loads(frame)
-    except orjson.JSONDecodeError:
-        raise ProtocolError("invalid_json", "the frame is not valid JSON") from None
-    if not isinstance(obj, dict):
-        raise ProtocolError("invalid_message", "a message is a JSON object", path="$")
+    obj = parse_json_object(frame)
     request_id = _request_id(obj)
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ProtocolError("invalid_message", "a message needs a string 'type'", request_id=request_id, path="$.type")
-    validator = schemas().validators["client"].get(kind)
-    if validator is None:
+    if kind not in schemas().validators["client"]:
         raise ProtocolError("unknown_type", f"unknown message type {kind[:32]!r}", request_id=request_id, path="$.type")
-    error = best_match(validator.iter_errors(obj))
+    error = schemas().first_error("client", kind, obj)
     if error is not None:
-        raise ProtocolError("invalid_message", error.message[:200], request_id=request_id, path=error.json_path)
+        raise ProtocolError("invalid_message", error[1], request_id=request_id, path=error[0])
     if kind == "ping":
         return Ping(request_id)
     symbols, channels = tuple(obj["symbols"]), tuple(obj["channels"])
@@ -286,6 +291,11 @@ class SchemaSet:
     """Path under ``schemas/`` (``"server/trade.json"``) to the parsed schema."""
     validators: Mapping[Direction, Mapping[str, Draft202012Validator]]
 
+    def first_error(self, direction: Direction, kind: str, obj: Mapping[str, Any]) -> tuple[str, str] | None:
+        """``(json path, reason)`` of the most relevant way ``obj`` breaks schema ``direction/kind``."""
+        error = best_match(self.validators[direction][kind].iter_errors(obj))
+        return None if error is None else (error.json_path, error.message[:200])
+
     def errors(self, direction: Direction, message: Mapping[str, Any]) -> list[str]:
         """Why ``message`` breaks its schema: ``path: reason`` lines, empty if it is valid."""
         validator = self.validators[direction].get(str(message.get("type")))
@@ -304,7 +314,7 @@ def schemas(directory: Path = SCHEMA_DIR) -> SchemaSet:
     registry: Registry[Any] = Registry().with_resources(
         (schema["$id"], Resource.from_contents(schema)) for schema in files.values()
     )
-    validators: dict[Direction, dict[str, Draft202012Validator]] = {"server": {}, "client": {}}
+    validators: dict[Direction, dict[str, Draft202012Validator]] = {"server": {}, "client": {}, "ui": {}}
     for direction, by_type in validators.items():
         for name, schema in files.items():
             if name.startswith(direction + "/"):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 
 from bixweb import protocol
+from tests.browser import ARTIFACTS, launch
 from tests.support import ServerProcess
 
 
@@ -28,3 +30,19 @@ def server_process() -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """A real Chromium for this test."""
+    async for launched in launch():
+        yield launched
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    folder = ARTIFACTS / "screenshots"
+    shots = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    if shots:
+        terminalreporter.write_line(f"dashboard screenshots ({len(shots)}) in {folder}:")
+        for shot in shots:
+            terminalreporter.write_line(f"  {shot}")

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.output = b""
+        self._drain: threading.Thread | None = None
 
     def start(self, timeout: float = 15.0) -> ServerProcess:
         self.proc = subprocess.Popen(
@@ -71,10 +73,17 @@ class ServerProcess:
             match = LISTENING.search(line)
             if match:
                 self.port = int(match.group(1))
-                os.set_blocking(self.proc.stdout.fileno(), False)
+                # keep reading, or a full pipe would block the server on its next log line
+                self._drain = threading.Thread(target=self._read_rest, daemon=True)
+                self._drain.start()
                 return self
         self.stop()
         raise RuntimeError(f"bixweb did not start: {self.output.decode(errors='replace')}")
+
+    def _read_rest(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output += line
 
     @property
     def url(self) -> str:
@@ -90,8 +99,11 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stdout is not None:
+        if self._drain is not None:
+            self._drain.join(timeout)
+        elif self.proc.stdout is not None:
             with contextlib.suppress(Exception):
                 self.output += self.proc.stdout.read() or b""
+        if self.proc.stdout is not None:
             self.proc.stdout.close()
         return self.proc.returncode

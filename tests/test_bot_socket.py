@@ -268,6 +268,9 @@ async def test_a_client_that_never_reads_does_not_delay_a_healthy_one(aiohttp_cl
         try:
             with_stalled = await latencies(healthy, 4.0)
             # the stalled readers' outboxes overflowed and the server dropped them
+            deadline = time.monotonic() + 5.0
+            while len(service.connections) > 1 and time.monotonic() < deadline:
+                await next_messages(healthy)
             assert len(service.connections) == 1
         finally:
             for sock in stalled:
@@ -310,13 +313,6 @@ async def test_schemas_are_served_read_only_with_an_index(aiohttp_client: Factor
     assert (await response.json())["$id"].endswith("/schemas/server/trade.json")
     assert (await client.get("/schemas/../pyproject.json")).status == 404
     assert (await client.post("/schemas/server/trade.json")).status == 405
-
-
-async def test_the_page_renders_current_prices(aiohttp_client: Factory) -> None:
-    client = await make_client(aiohttp_client)
-    await asyncio.sleep(0.3)
-    html = await (await client.get("/")).text()
-    assert 'id="ticker-BTCUSDT"' in html and "<script" not in html
 
 
 async def test_the_server_pings_within_the_heartbeat_interval(aiohttp_client: Factory) -> None:

@@ -21,7 +21,7 @@ CLIENT_TYPES = {"subscribe", "unsubscribe", "ping"}
 
 
 def test_every_schema_file_is_a_valid_draft_2020_12_schema(schemas: protocol.SchemaSet) -> None:
-    assert len(schemas.files) == len(SERVER_TYPES) + len(CLIENT_TYPES) + 1
+    assert len(schemas.files) == len(SERVER_TYPES) + len(CLIENT_TYPES) + 2  # + common.json, ui/action.json
     for name, schema in schemas.files.items():
         Draft202012Validator.check_schema(schema)
         assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema", name
@@ -31,6 +31,7 @@ def test_every_schema_file_is_a_valid_draft_2020_12_schema(schemas: protocol.Sch
 def test_there_is_a_schema_per_message_type_and_direction(schemas: protocol.SchemaSet) -> None:
     assert set(schemas.validators["server"]) == SERVER_TYPES
     assert set(schemas.validators["client"]) == CLIENT_TYPES
+    assert set(schemas.validators["ui"]) == {"action"}
 
 
 def doc_examples() -> list[dict[str, object]]:

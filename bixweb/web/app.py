@@ -13,18 +13,24 @@ import logging
 from collections.abc import AsyncIterator
 
 import aiohttp_jinja2
-import jinja2
 from aiohttp import web
 
 from bixweb import protocol
 from bixweb.config import Settings
+from bixweb.dashboard import Dashboard, join_fragments
+from bixweb.errors import ConfigError
 from bixweb.feeds import Feed, open_feed
 from bixweb.hub import Hub
 from bixweb.market import Market
+from bixweb.render import Renderer, environment
 from bixweb.web import pages
 from bixweb.web.bot import bot_socket
 from bixweb.web.connection import CLOSE_RESTART
 from bixweb.web.service import SERVICE, Service, now_ms
+from bixweb.web.ui import current_status, dashboard_page, ui_socket
+
+UI_STATUS_INTERVAL = 1.0
+"""Seconds between status fragments; the page shows "disconnected" after 3.5 s without one."""
 
 log = logging.getLogger("bixweb.app")
 
@@ -33,10 +39,12 @@ FEED = web.AppKey("feed", Feed)
 
 async def pump(service: Service, feed: Feed) -> None:
     """Feed events → market state → hub, one flush window per event list."""
-    market, hub = service.market, service.hub
+    market, hub, dashboard = service.market, service.hub, service.dashboard
     try:
         async for events in feed.events():
-            hub.publish(market.apply(events, now_ms()))
+            outgoing = market.apply(events, now_ms())
+            hub.publish(outgoing)
+            dashboard.mark(outgoing)
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -59,11 +67,28 @@ async def broadcast_status(service: Service) -> None:
         )
 
 
+async def refresh_dashboards(service: Service) -> None:
+    """Changed fragments at the browser rate; the status fragment every second."""
+    period = 1.0 / service.settings.ui_rate
+    next_status = 0.0
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(period)
+        try:
+            service.dashboard.flush()
+            if loop.time() >= next_status:
+                next_status = loop.time() + UI_STATUS_INTERVAL
+                service.dashboard.broadcast_status(current_status(service))
+        except Exception:
+            log.exception("rendering the dashboard failed")
+
+
 async def background(app: web.Application) -> AsyncIterator[None]:
     service = app[SERVICE]
     tasks = [
         asyncio.create_task(pump(service, app[FEED]), name="feed"),
         asyncio.create_task(broadcast_status(service), name="status"),
+        asyncio.create_task(refresh_dashboards(service), name="dashboards"),
     ]
     yield
     for task in tasks:
@@ -92,21 +117,27 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
             tick_rate=settings.tick_rate,
             book_depth=settings.book_depth,
         )
+    unknown = [s for s in settings.watchlist if s not in settings.symbols]
+    if unknown:
+        raise ConfigError(f"--watchlist: {', '.join(unknown)} not among --symbols")
     protocol.schemas()  # load and check them now, not on the first message
+    env = environment(protocol.ROOT / "templates")
+    market = Market(settings.symbols, history_points=settings.history_points, trade_history=settings.trade_history)
+    ui_hub = Hub(join=join_fragments)
+    watchlist = settings.watchlist or settings.symbols[:6]
     app = web.Application()
     app[SERVICE] = Service(
         settings=settings,
-        market=Market(settings.symbols, history_points=settings.history_points, trade_history=settings.trade_history),
+        market=market,
         hub=Hub(strict=settings.strict),
+        ui_hub=ui_hub,
+        dashboard=Dashboard(market, Renderer(env, chart_points=settings.history_points), ui_hub, watchlist=watchlist),
     )
     app[FEED] = feed
-    aiohttp_jinja2.setup(
-        app,
-        loader=jinja2.FileSystemLoader(protocol.ROOT / "templates"),
-        autoescape=jinja2.select_autoescape(["html"]),
-        undefined=jinja2.StrictUndefined,
-    )
-    app.router.add_get("/", pages.index, name="index")
+    app[aiohttp_jinja2.APP_KEY] = env
+    app.router.add_get("/", dashboard_page, name="dashboard")
+    app.router.add_get("/ws/ui", ui_socket, name="ui_socket")
+    app.router.add_get("/vendor/{name:.+}", pages.vendor_file, name="vendor")
     app.router.add_get("/ws", bot_socket, name="bot_socket")
     app.router.add_get("/schemas/", pages.schema_index, name="schemas")
     app.router.add_get("/schemas/{name:.+\\.json}", pages.schema_file, name="schema")

@@ -11,7 +11,7 @@ from aiohttp import WSMsgType, web
 from bixweb import __version__, protocol
 from bixweb.errors import ProtocolError
 from bixweb.hub import Outbox
-from bixweb.limits import TokenBucket
+from bixweb.limits import InboundLimiter
 from bixweb.model import CHANNELS, TICKER, stream_key
 from bixweb.web.connection import CLOSE_POLICY, Connection
 from bixweb.web.service import SERVICE, Service, now_ms
@@ -39,9 +39,7 @@ class BotSession:
         self.service = service
         self.conn = conn
         self.streams: set[tuple[str, str]] = set()
-        settings = service.settings
-        self.bucket = TokenBucket(settings.max_messages_per_s, settings.max_messages_per_s * 2, time.monotonic())
-        self.denied = 0
+        self.limiter = InboundLimiter(service.settings.max_messages_per_s, time.monotonic())
         self.service.hub.add(conn)
         self._subscribe(streams)
 
@@ -81,14 +79,13 @@ class BotSession:
     def receive(self, frame: str | bytes) -> None:
         """Handle one client frame; every refusal becomes an ``error`` message."""
         try:
-            if not self.bucket.allow(time.monotonic()):
-                self.denied += 1
-                if self.denied > self.bucket.burst:
-                    log.warning("flood session=%s peer=%s: closing", self.conn.session, self.conn.peer)
-                    self.conn.close_soon(CLOSE_POLICY, "too many messages")
-                    return
-                raise ProtocolError("rate_limited", f"more than {self.bucket.rate:g} messages per second")
-            self.denied = 0
+            verdict = self.limiter.check(time.monotonic())
+            if verdict == "close":
+                log.warning("flood kind=bot session=%s peer=%s: closing", self.conn.session, self.conn.peer)
+                self.conn.close_soon(CLOSE_POLICY, "too many messages")
+                return
+            if verdict == "refuse":
+                raise ProtocolError("rate_limited", f"more than {self.limiter.bucket.rate:g} messages per second")
             if isinstance(frame, bytes):
                 raise ProtocolError("binary_not_supported", "send JSON in text frames")
             self.handle(protocol.parse_client_message(frame))

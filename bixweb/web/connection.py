@@ -17,6 +17,7 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_RESTART = 1012
+CLOSE_TRY_AGAIN = 1013
 CLOSE_SLOW_CONSUMER = 4008
 
 
@@ -36,6 +37,7 @@ class Connection:
         *,
         kind: str,
         outbox: Outbox,
+        overflow_code: int = CLOSE_SLOW_CONSUMER,
         close_timeout: float = 2.0,
     ) -> None:
         self.ws = ws
@@ -43,6 +45,8 @@ class Connection:
         self.kind = kind
         self.session = secrets.token_hex(6)
         self.outbox = outbox
+        self.overflow_code = overflow_code
+        """Close code for an overflowing outbox: 4008 for bots; 1013 for browsers, which htmx reconnects on."""
         self.close_timeout = close_timeout
         self.close_reason: str | None = None
         self.close_code: int | None = None
@@ -72,7 +76,7 @@ class Connection:
                 "slow consumer kind=%s session=%s peer=%s queued=%d bytes=%d",
                 self.kind, self.session, self.peer, len(self.outbox), self.outbox.size,
             )
-            self.close_soon(CLOSE_SLOW_CONSUMER, "slow consumer")
+            self.close_soon(self.overflow_code, "slow consumer")
             return
         self._ready.set()
 
@@ -108,8 +112,10 @@ class Connection:
             return
         except (TimeoutError, ConnectionError, RuntimeError):
             pass
+        # No close handshake in time. aiohttp has closed the transport, which still
+        # flushes what is buffered; a slow consumer's buffer may never drain, so drop it.
         transport = self.request.transport
-        if transport is not None:
+        if code == self.overflow_code and transport is not None:
             transport.abort()
 
     async def stop(self) -> None:

@@ -1,35 +1,20 @@
-"""Plain HTTP: the page at ``/`` and the schema files at ``/schemas/``."""
+"""Plain HTTP: the schema files at ``/schemas/`` and htmx at ``/vendor/``."""
 
 from __future__ import annotations
 
 import json
 
-import aiohttp_jinja2
 from aiohttp import web
 
-from bixweb import __version__, protocol
-from bixweb.web.service import SERVICE, now_ms
-
-
-@aiohttp_jinja2.template("index.html")
-async def index(request: web.Request) -> dict[str, object]:
-    service = request.app[SERVICE]
-    market = service.market
-    tickers = [state.ticker() for state in market.states.values() if state.has_price]
-    return {
-        "version": __version__,
-        "tickers": tickers,
-        "feed": service.feed_state(now_ms()),
-        "host": request.host,
-    }
+from bixweb import protocol
 
 
 async def schema_index(request: web.Request) -> web.Response:
     files = protocol.schemas().files
-    index: dict[str, object] = {"protocol": 1, "server": {}, "client": {}, "common": "/schemas/common.json"}
+    index: dict[str, object] = {"protocol": 1, "server": {}, "client": {}, "ui": {}, "common": "/schemas/common.json"}
     for name in files:
         direction, _, filename = name.partition("/")
-        if direction in ("server", "client"):
+        if direction in ("server", "client", "ui"):
             index[direction][filename.removesuffix(".json")] = f"/schemas/{name}"  # type: ignore[index]
     return web.json_response(index)
 
@@ -44,3 +29,19 @@ async def schema_file(request: web.Request) -> web.Response:
         text=json.dumps(schema, indent=2), content_type="application/schema+json",
         headers={"Cache-Control": "public, max-age=300"},
     )
+
+
+VENDOR_FILES = {
+    "htmx.min.js": "htmx.org/dist/htmx.min.js",
+    "ext/hx-ws.min.js": "htmx.org/dist/ext/hx-ws.min.js",
+}
+"""The only scripts the dashboard loads: htmx and its WebSocket extension, from npm (``package.json``)."""
+NODE_MODULES = protocol.ROOT / "node_modules"
+
+
+async def vendor_file(request: web.Request) -> web.FileResponse:
+    relative = VENDOR_FILES.get(request.match_info["name"])
+    path = NODE_MODULES / relative if relative else None
+    if path is None or not path.is_file():
+        raise web.HTTPNotFound(text="not installed: run `npm ci` (make run does)" if relative else "not found")
+    return web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})

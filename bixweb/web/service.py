@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from bixweb.config import Settings
+from bixweb.dashboard import Dashboard
 from bixweb.hub import Hub
 from bixweb.market import Market
 from bixweb.web.connection import Connection
@@ -24,6 +25,10 @@ class Service:
     settings: Settings
     market: Market
     hub: Hub
+    """Bot streams → JSON frames."""
+    ui_hub: Hub
+    """Dashboard fragments → HTML frames."""
+    dashboard: Dashboard
     started: float = field(default_factory=time.monotonic)
     feed_down: bool = False
     connections: set[Connection] = field(default_factory=set)

@@ -1,0 +1,178 @@
+"""The live dashboard: which fragment changed, render it once, fan it out.
+
+:class:`Dashboard` collects the streams the market touched, and at the
+browser rate (a few times a second, latest wins) renders every changed
+fragment that somebody watches exactly once and hands the HTML to the
+dashboard hub, which sends each page one frame with all its fragments.
+Per-page state (:class:`~bixweb.render.PageView`) only decides who
+receives what. Page actions arrive as htmx form values and are validated
+against ``schemas/ui/action.json``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from bixweb import protocol
+from bixweb.errors import ProtocolError
+from bixweb.hub import Hub
+from bixweb.market import Market, Outgoing
+from bixweb.model import BOOK, TICKER, TRADES, Interval
+from bixweb.render import PERIODS, PageView, Renderer, Status, parse_chart_key
+
+MAX_WATCHLIST = 24
+
+
+def join_fragments(parts: Sequence[bytes]) -> bytes:
+    return b"\n".join(parts)
+
+
+def parse_action(frame: str | bytes) -> dict[str, Any]:
+    """Decode and validate one dashboard form message."""
+    values = protocol.parse_json_object(frame)
+    error = protocol.schemas().first_error("ui", "action", values)
+    if error is not None:
+        raise ProtocolError("invalid_message", error[1], path=error[0])
+    return values
+
+
+def apply_action(view: PageView, values: Mapping[str, Any], symbols: Sequence[str]) -> PageView:
+    """The page state after a form action; :class:`ProtocolError` for a value we do not carry."""
+    action = values["action"]
+    symbol = values.get("symbol")
+    if symbol is not None and symbol not in symbols:
+        raise ProtocolError("unknown_symbol", f"unknown symbol {symbol[:32]!r}", path="$.symbol")
+    if action == "watch":
+        if symbol is None or symbol in view.watchlist:
+            return view
+        if len(view.watchlist) >= MAX_WATCHLIST:
+            raise ProtocolError("too_many_subscriptions", f"at most {MAX_WATCHLIST} symbols on a watchlist")
+        return replace(view, watchlist=(*view.watchlist, symbol))
+    if action == "unwatch":
+        return replace(view, watchlist=tuple(s for s in view.watchlist if s != symbol))
+    period = int(values.get("period", view.period))
+    if period not in PERIODS:
+        raise ProtocolError("invalid_message", f"period must be one of {PERIODS}", path="$.period")
+    return replace(
+        view,
+        symbol=symbol or view.symbol,
+        interval=Interval.from_label(values["interval"]) if "interval" in values else view.interval,
+        average=values.get("average", view.average),
+        period=period,
+    )
+
+
+class PageStore:
+    """Page id → :class:`PageView`, so a page that reconnects finds its choices; bounded, oldest out."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self._views: OrderedDict[str, PageView] = OrderedDict()
+
+    def get(self, page: str) -> PageView | None:
+        view = self._views.get(page)
+        if view is not None:
+            self._views.move_to_end(page)
+        return view
+
+    def put(self, page: str, view: PageView) -> None:
+        self._views[page] = view
+        self._views.move_to_end(page)
+        while len(self._views) > self.capacity:
+            self._views.popitem(last=False)
+
+
+class Dashboard:
+    """Renders live fragments once per change for every page that shows them."""
+
+    def __init__(self, market: Market, renderer: Renderer, hub: Hub, *, watchlist: Sequence[str]) -> None:
+        self.market = market
+        self.renderer = renderer
+        self.hub = hub
+        self.default_watchlist = tuple(watchlist)
+        self.pages = PageStore()
+        self._dirty: dict[str, None] = {}
+        self.renders = 0
+
+    def default_view(self) -> PageView:
+        return PageView(symbol=self.default_watchlist[0], watchlist=self.default_watchlist)
+
+    def mark(self, outgoing: Iterable[Outgoing]) -> None:
+        """Remember which streams changed since the last flush."""
+        for item in outgoing:
+            self._dirty[item.stream] = None
+
+    def _fragment_keys(self, stream: str) -> list[str]:
+        channel, _, symbol = stream.partition(":")
+        if channel in (TICKER, TRADES, BOOK):
+            key = f"{channel}:{symbol}"
+            return [key] if self.hub.has_subscribers(key) else []
+        prefix = f"chart:{symbol}:{channel.removeprefix('candles_')}:"
+        return [key for key in self.hub.streams() if key.startswith(prefix)]
+
+    def render(self, key: str) -> str:
+        """The live fragment called ``key``."""
+        kind, _, rest = key.partition(":")
+        if kind == "status":
+            raise ValueError("status is rendered by broadcast_status")
+        if kind == "chart":
+            symbol, interval, average, period = parse_chart_key(key)
+            return self.renderer.chart(self.market.states[symbol], interval, average, period)
+        state = self.market.states[rest]
+        if kind == TICKER:
+            return self.renderer.ticker_card(state)
+        if kind == TRADES:
+            return self.renderer.trades(state)
+        return self.renderer.book(state)
+
+    def flush(self) -> None:
+        """Render each changed, watched fragment once and fan it out."""
+        if not self._dirty:
+            return
+        keys: dict[str, None] = {}
+        for stream in self._dirty:
+            keys.update(dict.fromkeys(self._fragment_keys(stream)))
+        self._dirty.clear()
+        parts = [(key, self.render(key).encode()) for key in keys]
+        self.renders += len(parts)
+        self.hub.publish_encoded(parts)
+
+    def status(self, status: Status) -> bytes:
+        return self.renderer.status(status).encode()
+
+    def broadcast_status(self, status: Status) -> None:
+        self.hub.publish_encoded([("status", self.status(status))])
+
+    def page_frame(self, view: PageView, status: Status) -> bytes:
+        """Everything one page shows, for a page that (re)connects or changes its view."""
+        states = self.market.states
+        addable = [s for s in self.market.symbols if s not in view.watchlist]
+        symbols = self.market.symbols
+        parts = [
+            self.renderer.status(status),
+            self.renderer.tickers((states[s] for s in view.watchlist), addable),
+            self.renderer.controls(view, symbols),
+            self.renderer.chart(states[view.symbol], view.interval, view.average, view.period),
+            self.renderer.trades(states[view.symbol]),
+            self.renderer.book(states[view.symbol]),
+        ]
+        return join_fragments([p.encode() for p in parts])
+
+    def page_context(self, view: PageView, status: Status) -> dict[str, Any]:
+        """The full page's template context: the same fragments, not out-of-band."""
+        states = self.market.states
+        state = states[view.symbol]
+        addable = [s for s in self.market.symbols if s not in view.watchlist]
+        r = self.renderer
+        return {
+            "view": view,
+            "status": status,
+            **r.tickers_context((states[s] for s in view.watchlist), addable),
+            **r.controls_context(view, self.market.symbols),
+            **r.chart_context(state, view.interval, view.average, view.period),
+            **r.trades_context(state),
+            **r.book_context(state),
+        }
