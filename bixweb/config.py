@@ -32,6 +32,7 @@ class Settings:
     book_depth: int = 10
     history_points: int = 100
     trade_history: int = 100
+    replay_depth: int = 1_000
     heartbeat: float = 20.0
     status_interval: float = 5.0
     stale_after: float = 5.0
@@ -96,14 +97,17 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "log_level": (_level, "debug, info, warning or error"),
     "book_depth": (_positive(int), "order-book levels per side"),
     "history_points": (_positive(int), "candles per interval kept for snapshots and charts"),
-    "trade_history": (_positive(int), "recent trades kept per symbol"),
+    "trade_history": (_positive(int), "recent trades kept per symbol for snapshots"),
+    "replay_depth": (_positive(int), "trade messages kept per symbol for clients that resume"),
     "heartbeat": (_positive(float), "seconds between WebSocket pings; a peer that does not answer is closed"),
     "status_interval": (_positive(float), "seconds between status messages"),
     "stale_after": (_positive(float), "seconds without feed events before the feed counts as stale"),
     "max_message_bytes": (_positive(int), "largest client frame; larger closes the socket with 1009"),
     "max_messages_per_s": (_positive(float), "client messages per second allowed on average (burst: twice that)"),
     "max_subscriptions": (_positive(int), "streams (channel x symbol) per connection"),
-    "outbox_messages": (_positive(int), "frames queued for a client before it is closed as a slow consumer"),
+    "outbox_messages": (
+        _positive(int), "trades and replies queued for a client before it is closed as a slow consumer (4008)"
+    ),
     "outbox_bytes": (_positive(int), "bytes queued for a client before it is closed as a slow consumer"),
     "ui_rate": (_positive(float), "dashboard updates per second per fragment (latest wins)"),
     "watchlist": (_symbols, "comma-separated symbols a new dashboard page watches (default: the first six symbols)"),

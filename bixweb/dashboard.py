@@ -136,7 +136,7 @@ class Dashboard:
         for stream in self._dirty:
             keys.update(dict.fromkeys(self._fragment_keys(stream)))
         self._dirty.clear()
-        parts = [(key, self.render(key).encode()) for key in keys]
+        parts = [(key, self.render(key).encode(), True) for key in keys]
         self.renders += len(parts)
         self.hub.publish_encoded(parts)
 
@@ -144,7 +144,7 @@ class Dashboard:
         return self.renderer.status(status).encode()
 
     def broadcast_status(self, status: Status) -> None:
-        self.hub.publish_encoded([("status", self.status(status))])
+        self.hub.publish_encoded([("status", self.status(status), True)])
 
     def page_frame(self, view: PageView, status: Status) -> bytes:
         """Everything one page shows, for a page that (re)connects or changes its view."""

@@ -3,10 +3,15 @@
 The hub encodes each message once and, per flush window, builds one frame
 per distinct subscription (a ``batch`` when there are several messages);
 every connection with that subscription gets the same bytes. Handing a
-frame over never waits: it goes into the connection's bounded
-:class:`Outbox`, and the connection's own writer sends it. A connection
-whose outbox overflows is told so (:meth:`Subscriber.overflow`) and is
-closed by its owner; nobody else waits for it.
+frame over never waits: it goes into the connection's :class:`Outbox`, and
+the connection's own writer sends it.
+
+The outbox treats messages by class. A *state* message (a ticker, a book, a
+forming candle, a dashboard fragment) is complete in itself: a newer one on
+the same stream replaces it (conflation), so a slow reader gets the newest
+value, never a backlog. Everything else (trades, closed candles, ``ack``,
+``error``, ``status``, snapshots) is kept in order and bounded in messages
+and bytes; past the bound the connection is closed, never silently thinned.
 """
 
 from __future__ import annotations
@@ -18,48 +23,117 @@ from typing import Any, Protocol
 from bixweb import protocol
 from bixweb.market import Outgoing
 
+Part = tuple[str, bytes, bool]
+"""``(stream, encoded message, conflate)``: one message of a frame."""
+Join = Callable[[Sequence[bytes]], bytes]
+
 
 class Outbox:
-    """A bounded FIFO of frames, bounded in count and in bytes."""
+    """What one connection is owed: a shared frame while it keeps up, merged parts when it does not.
 
-    __slots__ = ("_frames", "max_frames", "max_bytes", "size")
+    While the writer keeps up, each flush window's frame is handed over as
+    is (the same bytes as every other subscriber of that subscription).
+    When a second arrives before the first was taken, both are spilled into
+    parts: state parts conflate per stream, the others queue in order. The
+    queue is bounded by ``max_messages`` and, with the state parts,
+    ``max_bytes``; :meth:`put_frame` and :meth:`put` return False past it.
+    """
 
-    def __init__(self, *, max_frames: int, max_bytes: int) -> None:
-        self._frames: deque[bytes] = deque()
-        self.max_frames = max_frames
+    __slots__ = ("_frame", "_parts", "_queue", "_state", "join", "max_messages", "max_bytes", "size", "conflated")
+
+    def __init__(self, *, max_messages: int, max_bytes: int, join: Join = protocol.batch_frame) -> None:
+        self._frame: bytes | None = None
+        self._parts: Sequence[Part] = ()
+        self._queue: deque[bytes] = deque()
+        self._state: dict[str, bytes] = {}
+        self.join = join
+        self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.size = 0
-        """Bytes queued."""
+        """Bytes waiting."""
+        self.conflated = 0
+        """State messages replaced by a newer one before they were sent."""
 
     def __len__(self) -> int:
-        return len(self._frames)
+        """Messages waiting."""
+        if self._frame is not None:
+            return len(self._parts)
+        return len(self._queue) + len(self._state)
 
-    def put(self, frame: bytes) -> bool:
-        """Queue ``frame``; False (and nothing queued) if that would pass a bound."""
-        if len(self._frames) >= self.max_frames or self.size + len(frame) > self.max_bytes:
-            return False
-        self._frames.append(frame)
-        self.size += len(frame)
-        return True
+    def __bool__(self) -> bool:
+        return self._frame is not None or bool(self._queue) or bool(self._state)
 
-    def get(self) -> bytes | None:
-        """The oldest frame, or None when empty."""
-        if not self._frames:
+    def _within_bounds(self) -> bool:
+        return len(self._queue) <= self.max_messages and self.size <= self.max_bytes
+
+    def _spill(self) -> None:
+        parts, self._parts, self._frame = self._parts, (), None
+        self.size = 0
+        for part in parts:
+            self._add(part)
+
+    def _add(self, part: Part) -> None:
+        stream, data, conflate = part
+        if conflate:
+            old = self._state.pop(stream, None)
+            if old is not None:
+                self.conflated += 1
+                self.size -= len(old)
+            self._state[stream] = data
+        else:
+            old = self._state.pop(stream, None)  # a newer message on the stream supersedes it
+            if old is not None:
+                self.conflated += 1
+                self.size -= len(old)
+            self._queue.append(data)
+        self.size += len(data)
+
+    def put_frame(self, frame: bytes, parts: Sequence[Part]) -> bool:
+        """Queue one flush window: ``frame`` is ``parts`` joined. False past a bound."""
+        if not self:
+            self._frame, self._parts = frame, parts
+            self.size = len(frame)
+            return self.size <= self.max_bytes
+        if self._frame is not None:
+            self._spill()
+        for part in parts:
+            self._add(part)
+        return self._within_bounds()
+
+    def put(self, data: bytes) -> bool:
+        """Queue one message that must arrive (a reply, a snapshot). False past a bound."""
+        if self._frame is not None:
+            self._spill()
+        self._queue.append(data)
+        self.size += len(data)
+        return self._within_bounds()
+
+    def take(self) -> bytes | None:
+        """Everything waiting as one frame, or None."""
+        if self._frame is not None:
+            frame, self._frame, self._parts = self._frame, None, ()
+            self.size = 0
+            return frame
+        if not self._queue and not self._state:
             return None
-        frame = self._frames.popleft()
-        self.size -= len(frame)
-        return frame
+        parts = [*self._queue, *self._state.values()]
+        self._queue.clear()
+        self._state.clear()
+        self.size = 0
+        return self.join(parts)
 
     def clear(self) -> None:
-        self._frames.clear()
+        self._frame, self._parts = None, ()
+        self._queue.clear()
+        self._state.clear()
         self.size = 0
 
 
 class Subscriber(Protocol):
     """What the hub needs of a connection."""
 
-    def deliver(self, frame: bytes) -> None:
-        """Queue ``frame`` without waiting."""
+    def deliver(self, frame: bytes, parts: Sequence[Part]) -> None:
+        """Queue one flush window (``frame`` is ``parts`` joined) without waiting."""
 
 
 class Hub:
@@ -71,9 +145,7 @@ class Hub:
     schema before it is encoded (slow; for debugging and tests).
     """
 
-    def __init__(
-        self, *, join: Callable[[Sequence[bytes]], bytes] = protocol.batch_frame, strict: bool = False
-    ) -> None:
+    def __init__(self, *, join: Join = protocol.batch_frame, strict: bool = False) -> None:
         self.join = join
         self.strict = strict
         self._streams: dict[Subscriber, frozenset[str]] = {}
@@ -143,31 +215,37 @@ class Hub:
     def publish(self, outgoing: Sequence[Outgoing]) -> None:
         """Fan out one flush window of messages, each encoded once."""
         self.publish_encoded(
-            [(item.stream, self.encode(item.message)) for item in outgoing if item.stream in self._stream_groups]
+            [
+                (item.stream, self.encode(item.message), item.conflate)
+                for item in outgoing
+                if item.stream in self._stream_groups
+            ]
         )
 
-    def publish_encoded(self, parts: Sequence[tuple[str, bytes]]) -> None:
+    def publish_encoded(self, parts: Sequence[Part]) -> None:
         """Fan out ready-made parts: one frame per subscription, shared by its members."""
-        pending: dict[frozenset[str], list[bytes]] = {}
-        for stream, data in parts:
-            for key in self._stream_groups.get(stream, ()):
-                pending.setdefault(key, []).append(data)
+        pending: dict[frozenset[str], list[Part]] = {}
+        for part in parts:
+            for key in self._stream_groups.get(part[0], ()):
+                pending.setdefault(key, []).append(part)
         for key, parts_of_key in pending.items():
-            frame = self.join(parts_of_key)
+            frame = self.join([data for _, data, _ in parts_of_key])
             members = self._groups[key]
             self.frames_out += len(members)
             self.messages_out += len(parts_of_key) * len(members)
+            shared = tuple(parts_of_key)
             for subscriber in list(members):
-                subscriber.deliver(frame)
+                subscriber.deliver(frame, shared)
 
-    def broadcast(self, message: dict[str, Any]) -> None:
+    def broadcast(self, message: dict[str, Any], *, conflate: bool = False) -> None:
         """Send one message to every subscriber, encoded once."""
-        self.broadcast_encoded(self.encode(message))
+        self.broadcast_encoded(str(message["type"]), self.encode(message), conflate=conflate)
 
-    def broadcast_encoded(self, frame: bytes) -> None:
-        """Send one ready-made frame to every subscriber."""
+    def broadcast_encoded(self, stream: str, data: bytes, *, conflate: bool = False) -> None:
+        """Send one ready-made message to every subscriber."""
         subscribers = list(self._streams)
         self.frames_out += len(subscribers)
         self.messages_out += len(subscribers)
+        parts = ((stream, data, conflate),)
         for subscriber in subscribers:
-            subscriber.deliver(frame)
+            subscriber.deliver(data, parts)

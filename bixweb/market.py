@@ -42,6 +42,8 @@ class Outgoing:
 
     stream: str
     message: Message
+    conflate: bool = False
+    """A complete state (ticker, book, forming candle): a newer one on its stream may replace it unsent."""
 
 
 @dataclass(slots=True)
@@ -220,8 +222,17 @@ class Market:
         *,
         history_points: int = 100,
         trade_history: int = 100,
+        replay_depth: int = 1_000,
+        epoch: int = 0,
     ) -> None:
         self.history_points = history_points
+        self.epoch = epoch
+        """Names this run of the numbering: a server that loses its history starts a new epoch."""
+        self.replay_depth = replay_depth
+        self.recent: dict[str, deque[Message]] = {}
+        """Per trades stream, the last ``replay_depth`` messages, for clients that resume."""
+        self.latest: dict[str, Message] = {}
+        """Per state stream (ticker, book, candles), its last message."""
         self.states: dict[str, SymbolState] = {
             s: SymbolState(s, history_points=history_points, trade_history=trade_history) for s in symbols
         }
@@ -232,16 +243,27 @@ class Market:
     def symbols(self) -> list[str]:
         return list(self.states)
 
-    def _stream(self, channel: str, symbol: str) -> tuple[str, int]:
-        """The stream key and the seq of its next message."""
+    def _next_seq(self, channel: str, symbol: str) -> tuple[str, int]:
         stream = stream_key(channel, symbol)
         seq = self.seq.get(stream, 0) + 1
         self.seq[stream] = seq
         return stream, seq
 
-    def _candle(self, symbol: str, interval: Interval, candle: Candle, now_ms: int) -> Outgoing:
-        stream, seq = self._stream(interval.channel, symbol)
-        return Outgoing(stream, protocol.candle_message(symbol, interval, candle, seq, now_ms))
+    def _record(self, out: list[Outgoing], stream: str, message: Message, *, conflate: bool) -> None:
+        """Keep ``message`` for resuming clients and queue it for fan-out."""
+        if stream.startswith(TRADES + ":"):
+            recent = self.recent.get(stream)
+            if recent is None:
+                recent = self.recent[stream] = deque(maxlen=self.replay_depth)
+            recent.append(message)
+        else:
+            self.latest[stream] = message
+        out.append(Outgoing(stream, message, conflate))
+
+    def _candle(self, out: list[Outgoing], symbol: str, interval: Interval, candle: Candle, now_ms: int) -> None:
+        stream, seq = self._next_seq(interval.channel, symbol)
+        message = protocol.candle_message(symbol, interval, candle, seq, now_ms, self.epoch)
+        self._record(out, stream, message, conflate=not candle.closed)
 
     def apply(self, events: Iterable[MarketEvent], now_ms: int) -> list[Outgoing]:
         """Update the state from ``events``; return the messages they cause, in order."""
@@ -256,29 +278,58 @@ class Market:
             touched[event.symbol] = None
             if isinstance(event, Trade):
                 for interval, candle in state.add_trade(event):
-                    out.append(self._candle(event.symbol, interval, candle, now_ms))
-                stream, seq = self._stream(TRADES, event.symbol)
-                out.append(Outgoing(stream, protocol.trade_message(event, seq, now_ms)))
+                    self._candle(out, event.symbol, interval, candle, now_ms)
+                stream, seq = self._next_seq(TRADES, event.symbol)
+                self._record(out, stream, protocol.trade_message(event, seq, now_ms, self.epoch), conflate=False)
                 forming.update(dict.fromkeys((event.symbol, i) for i in Interval))
             elif isinstance(event, Book):
                 state.book = event
                 state.time = max(state.time, event.time)
-                stream, seq = self._stream(BOOK, event.symbol)
-                out.append(Outgoing(stream, protocol.book_message(event, seq, now_ms)))
+                stream, seq = self._next_seq(BOOK, event.symbol)
+                self._record(out, stream, protocol.book_message(event, seq, now_ms, self.epoch), conflate=True)
             else:
                 state.load_history(event.minutes, now_ms)
         for symbol, interval in forming:
             latest = self.states[symbol].forming[interval]
             if latest is not None:
-                out.append(self._candle(symbol, interval, latest, now_ms))
+                self._candle(out, symbol, interval, latest, now_ms)
         for symbol in touched:
             state = self.states[symbol]
             if state.has_price:
-                stream, seq = self._stream(TICKER, symbol)
-                out.append(Outgoing(stream, protocol.ticker_message(state.ticker(), seq, now_ms)))
+                stream, seq = self._next_seq(TICKER, symbol)
+                self._record(out, stream, protocol.ticker_message(state.ticker(), seq, now_ms, self.epoch),
+                             conflate=True)
         return out
 
-    def snapshot(self, streams: Iterable[tuple[str, str]], now_ms: int) -> Message:
+    def replay(self, since: protocol.Since, streams: Iterable[tuple[str, str]]) -> list[Message] | None:
+        """What a client at ``since`` missed on ``streams``, or None if that cannot be told.
+
+        Trades come back in full from the last ``replay_depth`` per stream;
+        for state streams the latest message is enough. None when the epoch
+        differs, a stream is not in ``since`` or is ahead of the server, or a
+        trades gap is older than what is kept.
+        """
+        if since.epoch != self.epoch:
+            return None
+        missed: list[Message] = []
+        for channel, symbol in streams:
+            stream = stream_key(channel, symbol)
+            last = since.seq.get(stream)
+            current = self.seq.get(stream, 0)
+            if last is None or last > current:
+                return None
+            if last == current:
+                continue
+            if channel != TRADES:
+                missed.append(self.latest[stream])
+                continue
+            recent = self.recent.get(stream, deque())
+            if not recent or recent[0]["seq"] > last + 1:
+                return None
+            missed.extend(m for m in recent if m["seq"] > last)
+        return missed
+
+    def snapshot(self, streams: Iterable[tuple[str, str]], now_ms: int, *, recovered: bool | None = None) -> Message:
         """An ``initial_data`` message for ``(channel, symbol)`` pairs.
 
         Its ``seq`` map says where each stream stands: the next message on a
@@ -308,5 +359,5 @@ class Market:
                     protocol.candle_data(c) for c in state.candles(interval, self.history_points)
                 ]
         return protocol.initial_data_message(
-            now_ms, seq, tickers=tickers, trades=trades, books=books, candles=candles
+            now_ms, self.epoch, seq, tickers=tickers, trades=trades, books=books, candles=candles, recovered=recovered
         )

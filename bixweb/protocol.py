@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,8 +65,42 @@ def trade_data(t: Trade) -> Message:
     return {"id": t.id, "price": t.price, "qty": t.qty, "side": t.side, "time": t.time}
 
 
+BOOK_CHECKSUM_LEVELS: Final = 10
+
+
+def _checksum_number(value: float) -> str:
+    text = f"{value:.8f}".rstrip("0")
+    return text.removesuffix(".")
+
+
+def book_checksum_text(bids: Sequence[Sequence[float]], asks: Sequence[Sequence[float]]) -> str:
+    """The string a book's checksum is computed over (see ``docs/protocol.md``).
+
+    The top 10 bids, best first, then the top 10 asks, best first; each level
+    as ``price:qty`` with both numbers written with 8 decimals and trailing
+    zeros (then a trailing point) removed; levels joined by ``,``, the two
+    sides by ``|``. ``[[95012.4, 0.84]], [[95012.6, 1.5]]`` → ``95012.4:0.84|95012.6:1.5``.
+    """
+    def side(levels: Sequence[Sequence[float]]) -> str:
+        return ",".join(
+            f"{_checksum_number(price)}:{_checksum_number(qty)}" for price, qty in levels[:BOOK_CHECKSUM_LEVELS]
+        )
+
+    return f"{side(bids)}|{side(asks)}"
+
+
+def book_checksum(bids: Sequence[Sequence[float]], asks: Sequence[Sequence[float]]) -> int:
+    """CRC-32 (IEEE, as zlib computes it) of :func:`book_checksum_text`, unsigned."""
+    return zlib.crc32(book_checksum_text(bids, asks).encode("ascii"))
+
+
 def book_data(b: Book) -> Message:
-    return {"bids": [list(level) for level in b.bids], "asks": [list(level) for level in b.asks], "time": b.time}
+    return {
+        "bids": [list(level) for level in b.bids],
+        "asks": [list(level) for level in b.asks],
+        "time": b.time,
+        "checksum": book_checksum(b.bids, b.asks),
+    }
 
 
 def candle_data(c: Candle) -> Message:
@@ -83,22 +118,24 @@ def candle_data(c: Candle) -> Message:
 # -- server messages --------------------------------------------------------
 
 
-def ticker_message(t: Ticker, seq: int, now_ms: int) -> Message:
-    return {"type": "market_update", "ts": now_ms, "symbol": t.symbol, "seq": seq, "data": ticker_data(t)}
+def ticker_message(t: Ticker, seq: int, now_ms: int, epoch: int) -> Message:
+    return {"type": "market_update", "ts": now_ms, "epoch": epoch, "symbol": t.symbol, "seq": seq,
+            "data": ticker_data(t)}
 
 
-def trade_message(t: Trade, seq: int, now_ms: int) -> Message:
-    return {"type": "trade", "ts": now_ms, "symbol": t.symbol, "seq": seq, "data": trade_data(t)}
+def trade_message(t: Trade, seq: int, now_ms: int, epoch: int) -> Message:
+    return {"type": "trade", "ts": now_ms, "epoch": epoch, "symbol": t.symbol, "seq": seq, "data": trade_data(t)}
 
 
-def book_message(b: Book, seq: int, now_ms: int) -> Message:
-    return {"type": "book", "ts": now_ms, "symbol": b.symbol, "seq": seq, "data": book_data(b)}
+def book_message(b: Book, seq: int, now_ms: int, epoch: int) -> Message:
+    return {"type": "book", "ts": now_ms, "epoch": epoch, "symbol": b.symbol, "seq": seq, "data": book_data(b)}
 
 
-def candle_message(symbol: str, interval: Interval, c: Candle, seq: int, now_ms: int) -> Message:
+def candle_message(symbol: str, interval: Interval, c: Candle, seq: int, now_ms: int, epoch: int) -> Message:
     return {
         "type": "candle",
         "ts": now_ms,
+        "epoch": epoch,
         "symbol": symbol,
         "seq": seq,
         "interval": interval.label,
@@ -108,14 +145,18 @@ def candle_message(symbol: str, interval: Interval, c: Candle, seq: int, now_ms:
 
 def initial_data_message(
     now_ms: int,
+    epoch: int,
     seq: Mapping[str, int],
     *,
     tickers: Mapping[str, Message],
     trades: Mapping[str, list[Message]],
     books: Mapping[str, Message],
     candles: Mapping[str, Mapping[str, list[Message]]],
+    recovered: bool | None = None,
 ) -> Message:
-    message: Message = {"type": "initial_data", "ts": now_ms, "seq": dict(seq)}
+    message: Message = {"type": "initial_data", "ts": now_ms, "epoch": epoch, "seq": dict(seq)}
+    if recovered is not None:
+        message["recovered"] = recovered
     for name, part in (("tickers", tickers), ("trades", trades), ("books", books), ("candles", candles)):
         if part:
             message[name] = dict(part)
@@ -133,6 +174,7 @@ def subscriptions_data(streams: Iterable[tuple[str, str]]) -> dict[str, list[str
 def welcome_message(
     now_ms: int,
     *,
+    epoch: int,
     server: str,
     session: str,
     symbols: Sequence[str],
@@ -146,6 +188,7 @@ def welcome_message(
         "type": "welcome",
         "ts": now_ms,
         "protocol": 1,
+        "epoch": epoch,
         "server": server,
         "session": session,
         "symbols": list(symbols),
@@ -189,18 +232,19 @@ def ack_message(
     channels: Sequence[str],
     subscriptions: Iterable[tuple[str, str]],
     request_id: str | int | None = None,
+    recovered: bool | None = None,
 ) -> Message:
-    return _with_id(
-        {
-            "type": "ack",
-            "ts": now_ms,
-            "op": op,
-            "symbols": list(symbols),
-            "channels": list(channels),
-            "subscriptions": subscriptions_data(subscriptions),
-        },
-        request_id,
-    )
+    message: Message = {
+        "type": "ack",
+        "ts": now_ms,
+        "op": op,
+        "symbols": list(symbols),
+        "channels": list(channels),
+        "subscriptions": subscriptions_data(subscriptions),
+    }
+    if recovered is not None:
+        message["recovered"] = recovered
+    return _with_id(message, request_id)
 
 
 def error_message(now_ms: int, error: ProtocolError) -> Message:
@@ -214,10 +258,19 @@ def error_message(now_ms: int, error: ProtocolError) -> Message:
 
 
 @dataclass(frozen=True, slots=True)
+class Since:
+    """Where a resuming client stands: the epoch it saw and its last seq per stream."""
+
+    epoch: int
+    seq: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
 class Subscribe:
     symbols: tuple[str, ...]
     channels: tuple[str, ...]
     id: str | int | None = None
+    since: Since | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +329,10 @@ def parse_client_message(frame: str | bytes) -> ClientMessage:
         return Ping(request_id)
     symbols, channels = tuple(obj["symbols"]), tuple(obj["channels"])
     if kind == "subscribe":
-        return Subscribe(symbols, channels, request_id)
+        since = obj.get("since")
+        return Subscribe(
+            symbols, channels, request_id, Since(since["epoch"], dict(since["seq"])) if since is not None else None
+        )
     return Unsubscribe(symbols, channels, request_id)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -11,11 +12,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from bixweb import protocol
 from bixweb.config import Settings
+from bixweb.feeds.simulated import SimulatedMarket
+from bixweb.model import MarketEvent
 
 ROOT = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(rb"listening on http://[^:]+:(\d+)/")
@@ -107,3 +111,25 @@ class ServerProcess:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         return self.proc.returncode
+
+
+class PausingFeed:
+    """A simulated market whose ticks stop while ``paused`` (for watchdog tests)."""
+
+    def __init__(self, symbols: tuple[str, ...] = ("BTCUSDT",), period: float = 0.05) -> None:
+        self.running = asyncio.Event()
+        self.running.set()
+        self.market = SimulatedMarket(symbols, seed=1)
+        self.period = period
+
+    def pause(self) -> None:
+        self.running.clear()
+
+    def resume(self) -> None:
+        self.running.set()
+
+    async def events(self) -> AsyncIterator[list[MarketEvent]]:
+        while True:
+            await self.running.wait()
+            yield self.market.tick(time.time_ns() // 1_000_000)
+            await asyncio.sleep(self.period)

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from bixweb.web.app import create_app
 from bixweb.web.service import SERVICE
-from tests.support import assert_valid, fast_settings, unwrap
+from tests.support import PausingFeed, assert_valid, fast_settings, unwrap
 
 Message = dict[str, Any]
 Factory = Callable[..., Any]
@@ -106,13 +106,13 @@ async def test_subscribe_and_unsubscribe_are_acknowledged_with_their_ids(aiohttp
         await live(ws)
         await ws.send_json({"type": "subscribe", "id": "s-1", "symbols": ["SOLUSDT"],
                             "channels": ["trades", "book", "candles_1m"]})
-        seen = await collect(ws, lambda ms: any(m["type"] == "ack" for m in ms))
+        seen = await collect(ws, lambda ms: any(m["type"] == "initial_data" for m in ms))
         ack = next(m for m in seen if m["type"] == "ack")
-        assert ack["id"] == "s-1" and ack["op"] == "subscribe"
+        assert ack["id"] == "s-1" and ack["op"] == "subscribe" and "recovered" not in ack
         assert ack["subscriptions"] == {"book": ["SOLUSDT"], "candles_1m": ["SOLUSDT"], "ticker": ["ETHUSDT"],
                                         "trades": ["SOLUSDT"]}
-        snap, = await next_messages(ws)
-        assert snap["type"] == "initial_data"
+        snap = next(m for m in seen if m["type"] == "initial_data")
+        assert seen.index(ack) < seen.index(snap)
         assert set(snap["seq"]) == {"trades:SOLUSDT", "book:SOLUSDT", "candles_1m:SOLUSDT"}
         assert "tickers" not in snap and set(snap["books"]) == {"SOLUSDT"}
         assert len(snap["candles"]["1m"]["SOLUSDT"]) == 100
@@ -346,3 +346,82 @@ async def test_a_peer_that_does_not_answer_pings_is_closed(aiohttp_client: Facto
         assert not service.connections, "the silent peer is still connected"
     finally:
         sock.close()
+
+
+async def test_resume_replays_missed_trades_with_their_seq(aiohttp_client: Factory) -> None:
+    client = await make_client(aiohttp_client, tick_rate=40.0)
+    async with client.ws_connect("/ws?symbols=BTCUSDT&channels=trades,ticker") as ws:
+        seen = await collect(ws, lambda ms: sum(m["type"] == "trade" for m in ms) >= 20)
+    trades = [m for m in seen if m["type"] == "trade"]
+    epoch = trades[0]["epoch"]
+    last_trade = trades[-1]["seq"] - 10  # pretend the last ten were lost
+    last_ticker = max(m["seq"] for m in seen if m["type"] == "market_update")
+    await asyncio.sleep(0.3)  # the market moves on meanwhile
+    async with client.ws_connect("/ws?channels=none") as ws:
+        welcome, = await next_messages(ws)
+        assert welcome["type"] == "welcome" and welcome["subscriptions"] == {} and welcome["epoch"] == epoch
+        await ws.send_json({"type": "subscribe", "id": "r", "symbols": ["BTCUSDT"], "channels": ["trades", "ticker"],
+                            "since": {"epoch": epoch, "seq": {"trades:BTCUSDT": last_trade,
+                                                              "ticker:BTCUSDT": last_ticker}}})
+        resumed = await collect(ws, lambda ms: sum(m["type"] == "trade" for m in ms) >= 30)
+    ack = resumed[0]
+    assert ack["type"] == "ack" and ack["recovered"] is True
+    assert not [m for m in resumed if m["type"] == "initial_data"]
+    seqs = [m["seq"] for m in resumed if m["type"] == "trade"]
+    assert seqs == list(range(last_trade + 1, last_trade + 1 + len(seqs)))
+    ids = [m["data"]["id"] for m in resumed if m["type"] == "trade"]
+    assert ids == list(range(ids[0], ids[0] + len(ids)))
+    assert [m["data"]["id"] for m in trades[-10:]] == ids[:10]
+
+
+async def test_a_resume_from_another_epoch_gets_a_fresh_snapshot(aiohttp_client: Factory) -> None:
+    client = await make_client(aiohttp_client)
+    async with client.ws_connect("/ws?channels=none") as ws:
+        welcome, = await next_messages(ws)
+        await ws.send_json({"type": "subscribe", "id": 1, "symbols": ["ETHUSDT"], "channels": ["trades", "book"],
+                            "since": {"epoch": welcome["epoch"] - 1, "seq": {"trades:ETHUSDT": 5, "book:ETHUSDT": 5}}})
+        seen = await collect(ws, lambda ms: any(m["type"] == "initial_data" for m in ms))
+    ack = next(m for m in seen if m["type"] == "ack")
+    snapshot = next(m for m in seen if m["type"] == "initial_data")
+    assert ack["recovered"] is False and snapshot["recovered"] is False
+    assert snapshot["epoch"] == welcome["epoch"] and set(snapshot["seq"]) == {"trades:ETHUSDT", "book:ETHUSDT"}
+
+
+async def test_book_messages_carry_a_checksum_of_their_levels(aiohttp_client: Factory) -> None:
+    from bixweb.protocol import book_checksum
+
+    client = await make_client(aiohttp_client)
+    async with client.ws_connect("/ws?symbols=SOLUSDT&channels=book") as ws:
+        seen = await collect(ws, lambda ms: sum(m["type"] == "book" for m in ms) >= 5)
+    books = [m["data"] for m in seen if m["type"] == "book"]
+    books += [b for m in seen if m["type"] == "initial_data" for b in m.get("books", {}).values()]
+    assert all(b["checksum"] == book_checksum(b["bids"], b["asks"]) for b in books)
+
+
+async def test_a_slow_reader_is_conflated_or_closed_and_counted(aiohttp_client: Factory) -> None:
+    client = await make_client(aiohttp_client, tick_rate=50.0, outbox_messages=50, strict=False)
+    service = client.app[SERVICE]
+    assert client.port is not None
+    sock = stalled_reader(client.port)
+    try:
+        deadline = time.monotonic() + 10
+        while not service.counters["slow_consumer_closes"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        sock.close()
+    assert service.counters["slow_consumer_closes"] == 1
+    assert service.counters["conflated"] > 0  # state was conflated while trades piled up
+
+
+async def test_the_watchdog_tells_stale_then_live_at_once(aiohttp_client: Factory) -> None:
+    feed = PausingFeed()
+    app = create_app(fast_settings(symbols=("BTCUSDT",), status_interval=30.0, stale_after=0.5), feed=feed)
+    client = await aiohttp_client(app)
+    async with client.ws_connect("/ws") as ws:
+        await live(ws)
+        feed.pause()
+        stale = await collect(ws, lambda ms: any(m["type"] == "status" for m in ms), timeout=3.0)
+        assert [m["feed"] for m in stale if m["type"] == "status"] == ["stale"]
+        feed.resume()
+        again = await collect(ws, lambda ms: any(m["type"] == "status" for m in ms), timeout=3.0)
+        assert [m["feed"] for m in again if m["type"] == "status"] == ["live"]

@@ -22,7 +22,7 @@ class Page:
     def __init__(self) -> None:
         self.frames: list[bytes] = []
 
-    def deliver(self, frame: bytes) -> None:
+    def deliver(self, frame: bytes, parts: object) -> None:
         self.frames.append(frame)
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import pytest
 
-from bixweb.hub import Hub, Outbox
+from bixweb import protocol
+from bixweb.hub import Hub, Outbox, Part
 from bixweb.market import Outgoing
 
 
@@ -14,26 +16,59 @@ class Recorder:
     def __init__(self) -> None:
         self.frames: list[bytes] = []
 
-    def deliver(self, frame: bytes) -> None:
+    def deliver(self, frame: bytes, parts: Sequence[Part]) -> None:
+        assert protocol.batch_frame([data for _, data, _ in parts]) == frame
         self.frames.append(frame)
 
 
 def update(stream: str, seq: int) -> Outgoing:
     channel, symbol = stream.split(":")
-    return Outgoing(stream, {"type": "trade", "ts": 1, "symbol": symbol, "seq": seq,
+    return Outgoing(stream, {"type": "trade", "ts": 1, "epoch": 1, "symbol": symbol, "seq": seq,
                              "data": {"id": seq, "price": 1.0, "qty": 1.0, "side": "buy", "time": 1}})
 
 
-def test_outbox_is_bounded_in_frames_and_bytes() -> None:
-    box = Outbox(max_frames=3, max_bytes=10)
-    assert box.put(b"aaaa") and box.put(b"bbbb")
-    assert not box.put(b"ccc")  # would pass 10 bytes
-    assert box.put(b"cc")
-    assert not box.put(b"")  # would pass 3 frames
-    assert (len(box), box.size) == (3, 10)
-    assert box.get() == b"aaaa" and box.size == 6
+def join(parts: Sequence[bytes]) -> bytes:
+    return b"+".join(parts)
+
+
+def test_a_reader_that_keeps_up_gets_the_shared_frame_as_is() -> None:
+    box = Outbox(max_messages=10, max_bytes=1000, join=join)
+    frame = b"shared"
+    assert box.put_frame(frame, (("ticker:A", b"t1", True), ("trades:A", b"x1", False)))
+    assert box.take() is frame
+    assert box.take() is None and not box
+
+
+def test_a_slow_reader_gets_the_newest_state_and_every_trade_in_order() -> None:
+    box = Outbox(max_messages=10, max_bytes=1000, join=join)
+    box.put_frame(b"f1", (("ticker:A", b"t1", True), ("trades:A", b"x1", False), ("book:A", b"b1", True)))
+    box.put_frame(b"f2", (("ticker:A", b"t2", True), ("trades:A", b"x2", False)))
+    box.put(b"ack")
+    box.put_frame(b"f3", (("ticker:A", b"t3", True), ("ticker:B", b"u1", True)))
+    assert len(box) == 6 and box.conflated == 2
+    assert box.take() == b"x1+x2+ack+b1+t3+u1"
+    assert box.take() is None and box.size == 0
+
+
+def test_a_newer_message_that_must_arrive_supersedes_pending_state_on_its_stream() -> None:
+    box = Outbox(max_messages=10, max_bytes=1000, join=join)
+    box.put_frame(b"f1", (("candles_1m:A", b"forming-9", True),))
+    box.put_frame(b"f2", (("candles_1m:A", b"closed-10", False), ("candles_1m:A", b"forming-11", True)))
+    assert box.take() == b"closed-10+forming-11"
+
+
+def test_messages_that_must_arrive_are_bounded_in_count_and_bytes() -> None:
+    box = Outbox(max_messages=3, max_bytes=20, join=join)
+    assert box.put(b"aaaa") and box.put(b"bbbb") and box.put(b"cccc")
+    assert not box.put(b"d")  # a fourth message
+    box = Outbox(max_messages=100, max_bytes=20, join=join)
+    assert box.put(b"a" * 15)
+    assert not box.put_frame(b"ff", (("trades:A", b"x" * 6, False),))  # past 20 bytes
+    box = Outbox(max_messages=2, max_bytes=10_000, join=join)
+    for n in range(100):  # state alone never overflows: it conflates
+        assert box.put_frame(b"f", (("ticker:A", b"t%d" % n, True),))
     box.clear()
-    assert box.get() is None and box.size == 0
+    assert box.take() is None and box.size == 0
 
 
 def test_one_window_is_one_frame_per_subscriber_and_shared_bytes() -> None:
@@ -80,6 +115,6 @@ def test_broadcast_reaches_everyone_with_one_encoding() -> None:
 def test_strict_hub_refuses_a_message_that_breaks_its_schema() -> None:
     hub = Hub(strict=True)
     hub.add(Recorder(), ["trades:BTCUSDT"])
-    bad = Outgoing("trades:BTCUSDT", {"type": "trade", "ts": 1, "symbol": "BTCUSDT", "seq": 0, "data": {}})
+    bad = Outgoing("trades:BTCUSDT", {"type": "trade", "ts": 1, "epoch": 1, "symbol": "BTCUSDT", "seq": 0, "data": {}})
     with pytest.raises(ValueError, match="breaks its schema"):
         hub.publish([bad])

@@ -100,3 +100,35 @@ def test_snapshot_reports_where_each_stream_stands() -> None:
 def test_events_for_symbols_the_market_does_not_carry_are_ignored() -> None:
     market = Market(["BTCUSDT"])
     assert market.apply([Trade("XYZUSDT", 1, 1.0, 1.0, "buy", T0)], T0) == []
+
+
+def test_replay_returns_missed_trades_in_full_and_the_latest_state() -> None:
+    market = Market(["BTCUSDT"], replay_depth=5, epoch=42)
+    for n in range(1, 9):
+        market.apply([trade(n, 100.0 + n, at=T0 + n)], T0 + n)
+    streams = [("trades", "BTCUSDT"), ("ticker", "BTCUSDT")]
+    missed = market.replay(protocol.Since(42, {"trades:BTCUSDT": 5, "ticker:BTCUSDT": 6}), streams)
+    assert missed is not None
+    assert [(m["type"], m["seq"]) for m in missed] == [("trade", 6), ("trade", 7), ("trade", 8), ("market_update", 8)]
+    assert all(m["epoch"] == 42 for m in missed)
+    assert market.replay(protocol.Since(42, {"trades:BTCUSDT": 8, "ticker:BTCUSDT": 8}), streams) == []
+
+
+def test_replay_refuses_what_it_cannot_tell() -> None:
+    market = Market(["BTCUSDT"], replay_depth=5, epoch=42)
+    for n in range(1, 9):
+        market.apply([trade(n, 100.0 + n, at=T0 + n)], T0 + n)
+    streams = [("trades", "BTCUSDT")]
+    assert market.replay(protocol.Since(41, {"trades:BTCUSDT": 7}), streams) is None  # another epoch
+    assert market.replay(protocol.Since(42, {"trades:BTCUSDT": 2}), streams) is None  # older than kept
+    assert market.replay(protocol.Since(42, {"trades:BTCUSDT": 9}), streams) is None  # ahead of the server
+    assert market.replay(protocol.Since(42, {}), streams) is None  # a stream it never had
+
+
+def test_state_messages_conflate_and_trades_do_not() -> None:
+    market = Market(["BTCUSDT"])
+    out = market.apply([trade(1, 100.0, at=T0), Book("BTCUSDT", ((99.0, 1.0),), ((101.0, 1.0),), T0)], T0)
+    out += market.apply([trade(2, 100.0, at=T0 + 1_000)], T0 + 1_000)
+    classes = {(o.message["type"], o.message.get("data", {}).get("closed")): o.conflate for o in out}
+    assert classes == {("trade", None): False, ("book", None): True, ("market_update", None): True,
+                       ("candle", False): True, ("candle", True): False}

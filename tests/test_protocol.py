@@ -51,7 +51,7 @@ def test_every_example_in_the_protocol_doc_matches_its_schema(schemas: protocol.
 
 
 def test_a_broken_message_inside_a_batch_is_caught(schemas: protocol.SchemaSet) -> None:
-    trade = {"type": "trade", "ts": 1, "symbol": "BTCUSDT", "seq": 1,
+    trade = {"type": "trade", "ts": 1, "epoch": 1, "symbol": "BTCUSDT", "seq": 1,
              "data": {"id": 1, "price": 1.0, "qty": 1.0, "side": "buy", "time": 1}}
     assert schemas.errors("server", {"type": "batch", "messages": [trade]}) == []
     broken = {**trade, "data": {**trade["data"], "side": "up"}}
@@ -141,3 +141,28 @@ def test_the_asyncapi_document_references_every_schema_file() -> None:
     assert all(path.is_file() for path in resolved), sorted(map(str, resolved))
     message_files = {p.resolve() for d in ("server", "client") for p in (ROOT / "schemas" / d).glob("*.json")}
     assert message_files <= resolved
+
+
+def test_the_book_checksum_is_crc32_of_the_documented_string() -> None:
+    import zlib
+
+    bids = [[95012.4, 0.84], [95012.0, 1.0], [0.000018, 50_000_000.0]]
+    asks = [[95012.6, 1.5]]
+    text = protocol.book_checksum_text(bids, asks)
+    assert text == "95012.4:0.84,95012:1,0.000018:50000000|95012.6:1.5"
+    assert protocol.book_checksum(bids, asks) == zlib.crc32(text.encode())
+    many = [[100.0 - n, 1.0] for n in range(15)]
+    assert protocol.book_checksum_text(many, []).count(",") == 9  # the top 10 levels only
+
+
+def test_subscribe_with_since_decodes_to_a_resume_position() -> None:
+    sub = protocol.parse_client_message(
+        '{"type":"subscribe","symbols":["BTCUSDT"],"channels":["trades"],"since":{"epoch":7,"seq":{"trades:BTCUSDT":9}}}'
+    )
+    assert isinstance(sub, protocol.Subscribe)
+    assert sub.since == protocol.Since(7, {"trades:BTCUSDT": 9})
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_client_message(
+            '{"type":"subscribe","symbols":["BTCUSDT"],"channels":["trades"],"since":{"seq":{}}}'
+        )
+    assert caught.value.path == "$.since"

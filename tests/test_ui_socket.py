@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from bixweb.web.app import create_app
 from bixweb.web.service import SERVICE
-from tests.support import fast_settings
+from tests.support import PausingFeed, fast_settings
 
 Factory = Callable[..., Any]
 FRAGMENT_IDS = re.compile(r'<\w+ id="([\w-]+)"[^>]*hx-swap-oob="true"')
@@ -171,3 +171,24 @@ async def test_htmx_is_served_from_npm_and_nothing_else_is(aiohttp_client: Facto
         assert "javascript" in response.content_type
     assert (await client.get("/vendor/htmx.js")).status == 404
     assert (await client.get("/vendor/../package.json")).status == 404
+
+
+async def test_the_dashboard_shows_a_stale_feed_and_its_return(aiohttp_client: Factory) -> None:
+    feed = PausingFeed()
+    client = await aiohttp_client(create_app(fast_settings(symbols=("BTCUSDT",), stale_after=0.5), feed=feed))
+    url, _ = await page_socket(client)
+
+    async def feed_shown(ws: aiohttp.ClientWebSocketResponse, state: str) -> None:
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            html, ids = await fragments(ws)
+            if "status" in ids and f"feed-{state}" in html:
+                return
+        raise AssertionError(f"the status never said {state}")
+
+    async with client.ws_connect(url) as ws:
+        await feed_shown(ws, "live")
+        feed.pause()
+        await feed_shown(ws, "stale")
+        feed.resume()
+        await feed_shown(ws, "live")

@@ -52,14 +52,29 @@ async def pump(service: Service, feed: Feed) -> None:
         log.exception("the feed stopped")
 
 
+WATCHDOG_PERIOD = 0.25
+"""Seconds between looks at the feed: a change of state is told at once, not at the next status."""
+
+
 async def broadcast_status(service: Service) -> None:
+    """A ``status`` every ``status_interval``, and at once when the feed turns stale, live or down."""
+    loop = asyncio.get_running_loop()
+    last_state = service.feed_state(now_ms())
+    due = loop.time() + service.settings.status_interval
     while True:
-        await asyncio.sleep(service.settings.status_interval)
+        await asyncio.sleep(min(WATCHDOG_PERIOD, service.settings.status_interval))
         now = now_ms()
+        state = service.feed_state(now)
+        if state == last_state and loop.time() < due:
+            continue
+        if state != last_state:
+            log.log(logging.INFO if state == "live" else logging.WARNING, "feed %s -> %s", last_state, state)
+        last_state = state
+        due = loop.time() + service.settings.status_interval
         service.hub.broadcast(
             protocol.status_message(
                 now,
-                feed=service.feed_state(now),
+                feed=state,
                 clients=len(service.connections),
                 uptime_s=service.uptime_s,
                 last_event_ms=service.market.last_event_ms,
@@ -122,7 +137,13 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
         raise ConfigError(f"--watchlist: {', '.join(unknown)} not among --symbols")
     protocol.schemas()  # load and check them now, not on the first message
     env = environment(protocol.ROOT / "templates")
-    market = Market(settings.symbols, history_points=settings.history_points, trade_history=settings.trade_history)
+    market = Market(
+        settings.symbols,
+        history_points=settings.history_points,
+        trade_history=settings.trade_history,
+        replay_depth=settings.replay_depth,
+        epoch=now_ms(),
+    )
     ui_hub = Hub(join=join_fragments)
     watchlist = settings.watchlist or settings.symbols[:6]
     app = web.Application()

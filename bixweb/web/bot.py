@@ -23,7 +23,10 @@ def initial_streams(query: Mapping[str, str], symbols: list[str], limit: int) ->
     """The subscription a connection starts with, from ``?symbols=…&channels=…``.
 
     A missing or empty parameter takes its default: every symbol, the ticker.
+    ``channels=none`` starts with no subscription (to subscribe, or resume, by message).
     """
+    if query.get("channels") == "none":
+        return []
     wanted_symbols = [s.strip() for s in query.get("symbols", "").split(",") if s.strip()]
     wanted_channels = [c.strip() for c in query.get("channels", "").split(",") if c.strip()]
     streams = protocol.resolve_streams(wanted_symbols or ["*"], wanted_channels or [TICKER], symbols, CHANNELS)
@@ -44,7 +47,7 @@ class BotSession:
         self._subscribe(streams)
 
     def send(self, message: protocol.Message) -> None:
-        self.conn.deliver(self.service.hub.encode(message))
+        self.conn.send(self.service.hub.encode(message))
 
     def _subscribe(self, streams: list[tuple[str, str]]) -> list[tuple[str, str]]:
         added = [s for s in streams if s not in self.streams]
@@ -52,11 +55,13 @@ class BotSession:
         self.service.hub.set_streams(self.conn, frozenset(stream_key(c, s) for c, s in self.streams))
         return added
 
-    def welcome(self) -> None:
+    def welcome(self) -> bytes:
+        """The first frame: server facts and the initial subscription."""
         s = self.service.settings
-        self.send(
+        return self.service.hub.encode(
             protocol.welcome_message(
                 now_ms(),
+                epoch=self.service.market.epoch,
                 server=__version__,
                 session=self.conn.session,
                 symbols=self.service.market.symbols,
@@ -74,7 +79,11 @@ class BotSession:
                 subscriptions=self.streams,
             )
         )
-        self.send(self.service.market.snapshot(sorted(self.streams), now_ms()))
+
+    def start(self) -> None:
+        """Queue the snapshot of the initial subscription."""
+        if self.streams:
+            self.send(self.service.market.snapshot(sorted(self.streams), now_ms()))
 
     def receive(self, frame: str | bytes) -> None:
         """Handle one client frame; every refusal becomes an ``error`` message."""
@@ -113,18 +122,31 @@ class BotSession:
                     "too_many_subscriptions", f"at most {limit} streams per connection", request_id=request.id
                 )
             added = self._subscribe(streams)
-            self._ack("subscribe", symbols, channels, request.id)
-            if added:
-                self.send(market.snapshot(sorted(added), now_ms()))
+            if request.since is None:
+                self._ack("subscribe", symbols, channels, request.id)
+                if added:
+                    self.send(market.snapshot(sorted(added), now_ms()))
+                return
+            missed = market.replay(request.since, streams)
+            self._ack("subscribe", symbols, channels, request.id, recovered=missed is not None)
+            if missed is None:
+                self.send(market.snapshot(sorted(streams), now_ms(), recovered=False))
+                return
+            for message in missed:
+                self.send(message)
         else:
             self.streams.difference_update(streams)
             self.service.hub.set_streams(self.conn, frozenset(stream_key(c, s) for c, s in self.streams))
             self._ack("unsubscribe", symbols, channels, request.id)
 
-    def _ack(self, op: str, symbols: list[str], channels: list[str], request_id: str | int | None) -> None:
+    def _ack(
+        self, op: str, symbols: list[str], channels: list[str], request_id: str | int | None,
+        *, recovered: bool | None = None,
+    ) -> None:
         self.send(
             protocol.ack_message(
-                now_ms(), op=op, symbols=symbols, channels=channels, subscriptions=self.streams, request_id=request_id
+                now_ms(), op=op, symbols=symbols, channels=channels, subscriptions=self.streams,
+                request_id=request_id, recovered=recovered,
             )
         )
 
@@ -150,12 +172,18 @@ async def bot_socket(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     conn = Connection(
         ws, request, kind="bot",
-        outbox=Outbox(max_frames=settings.outbox_messages, max_bytes=settings.outbox_bytes),
+        outbox=Outbox(max_messages=settings.outbox_messages, max_bytes=settings.outbox_bytes),
     )
     service.connections.add(conn)
-    conn.start()
     session = BotSession(service, conn, streams)
-    session.welcome()
+    try:
+        await ws.send_frame(session.welcome(), WSMsgType.TEXT)  # first, alone; the writer starts after it
+    except ConnectionError:
+        session.close()
+        service.connections.discard(conn)
+        return ws
+    session.start()
+    conn.start()
     log.info("connected kind=bot session=%s peer=%s streams=%d", conn.session, conn.peer, len(streams))
     try:
         async for msg in ws:
@@ -163,7 +191,7 @@ async def bot_socket(request: web.Request) -> web.StreamResponse:
                 session.receive(msg.data)
     finally:
         session.close()
-        service.connections.discard(conn)
+        service.closed(conn)
         await conn.stop()
         log.info(
             "disconnected kind=bot session=%s peer=%s code=%s reason=%s frames=%d",

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Sequence
 
 from aiohttp import WSMsgType, web
 
-from bixweb.hub import Outbox
+from bixweb.hub import Outbox, Part
 
 log = logging.getLogger("bixweb.connection")
 
@@ -52,6 +53,7 @@ class Connection:
         self.close_code: int | None = None
         """The code this side closed with, if it did."""
         self.frames_sent = 0
+        self.slow_consumer = False
         self._ready = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -67,24 +69,32 @@ class Connection:
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write(), name=f"writer-{self.session}")
 
-    def deliver(self, frame: bytes) -> None:
-        """Queue a text frame for this peer."""
-        if self.close_reason is not None:
+    def deliver(self, frame: bytes, parts: Sequence[Part]) -> None:
+        """Queue one flush window for this peer (``frame`` is ``parts`` joined)."""
+        if self.close_reason is None:
+            self._queued(self.outbox.put_frame(frame, parts))
+
+    def send(self, data: bytes) -> None:
+        """Queue one message that must arrive: a reply, a snapshot, a page."""
+        if self.close_reason is None:
+            self._queued(self.outbox.put(data))
+
+    def _queued(self, within_bounds: bool) -> None:
+        if within_bounds:
+            self._ready.set()
             return
-        if not self.outbox.put(frame):
-            log.warning(
-                "slow consumer kind=%s session=%s peer=%s queued=%d bytes=%d",
-                self.kind, self.session, self.peer, len(self.outbox), self.outbox.size,
-            )
-            self.close_soon(self.overflow_code, "slow consumer")
-            return
-        self._ready.set()
+        log.warning(
+            "slow consumer kind=%s session=%s peer=%s queued=%d bytes=%d",
+            self.kind, self.session, self.peer, len(self.outbox), self.outbox.size,
+        )
+        self.slow_consumer = True
+        self.close_soon(self.overflow_code, "slow consumer")
 
     async def _write(self) -> None:
         ws, outbox, ready = self.ws, self.outbox, self._ready
         try:
             while True:
-                frame = outbox.get()
+                frame = outbox.take()
                 if frame is None:
                     ready.clear()
                     await ready.wait()

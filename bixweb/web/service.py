@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -31,6 +32,8 @@ class Service:
     dashboard: Dashboard
     started: float = field(default_factory=time.monotonic)
     feed_down: bool = False
+    counters: Counter[str] = field(default_factory=Counter)
+    """Events worth counting: ``slow_consumer_closes``, ``conflated`` (state messages replaced unsent)."""
     connections: set[Connection] = field(default_factory=set)
     """Open sockets of every kind; each handler adds its own and removes it when done."""
 
@@ -42,6 +45,13 @@ class Service:
         if last is None or now - last > self.settings.stale_after * 1000:
             return "stale"
         return "live"
+
+    def closed(self, conn: Connection) -> None:
+        """Forget a connection that has ended, counting what happened to it."""
+        self.connections.discard(conn)
+        self.counters["conflated"] += conn.outbox.conflated
+        if conn.slow_consumer:
+            self.counters["slow_consumer_closes"] += 1
 
     @property
     def uptime_s(self) -> float:

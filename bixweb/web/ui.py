@@ -17,7 +17,7 @@ import aiohttp_jinja2
 from aiohttp import WSMsgType, web
 
 from bixweb import __version__
-from bixweb.dashboard import apply_action, parse_action
+from bixweb.dashboard import apply_action, join_fragments, parse_action
 from bixweb.errors import ProtocolError
 from bixweb.hub import Outbox
 from bixweb.limits import InboundLimiter
@@ -78,12 +78,12 @@ async def ui_socket(request: web.Request) -> web.StreamResponse:
     view = dashboard.pages.get(page) or dashboard.default_view()
     conn = Connection(
         ws, request, kind="ui", overflow_code=CLOSE_TRY_AGAIN,
-        outbox=Outbox(max_frames=settings.outbox_messages, max_bytes=settings.outbox_bytes),
+        outbox=Outbox(max_messages=settings.outbox_messages, max_bytes=settings.outbox_bytes, join=join_fragments),
     )
     service.connections.add(conn)
     conn.start()
     service.ui_hub.add(conn, view.fragments())
-    conn.deliver(dashboard.page_frame(view, current_status(service)))
+    conn.send(dashboard.page_frame(view, current_status(service)))
     limiter = InboundLimiter(settings.max_messages_per_s, time.monotonic())
     log.info("connected kind=ui session=%s peer=%s", conn.session, conn.peer)
     try:
@@ -102,14 +102,14 @@ async def ui_socket(request: web.Request) -> web.StreamResponse:
             except ProtocolError as exc:
                 log.info("refused kind=ui session=%s peer=%s code=%s path=%s",
                          conn.session, conn.peer, exc.code, exc.path or "-")
-                conn.deliver(dashboard.renderer.notice(exc.message).encode())
+                conn.send(dashboard.renderer.notice(exc.message).encode())
                 continue
             dashboard.pages.put(page, view)
             service.ui_hub.set_streams(conn, view.fragments())
-            conn.deliver(dashboard.page_frame(view, current_status(service)))
+            conn.send(dashboard.page_frame(view, current_status(service)))
     finally:
         service.ui_hub.remove(conn)
-        service.connections.discard(conn)
+        service.closed(conn)
         await conn.stop()
         log.info("disconnected kind=ui session=%s peer=%s code=%s reason=%s frames=%d",
                  conn.session, conn.peer, conn.close_code or ws.close_code, conn.close_reason or "-",
