@@ -6,21 +6,26 @@ It uses aiohttp's client only and never imports ``aiohttp.web``.
 from __future__ import annotations
 
 from bixweb.client.streams import (
-    MarketView,
     backoff_delays,
     error_from_message,
     message_stream,
+    resume_requests,
     subscription_requests,
     unwrap,
 )
+from bixweb.client.view import MarketView, Received, Resync, book_verified
 from bixweb.client.websocket import WebSocketClient
 
 __all__ = [
     "MarketView",
+    "Received",
+    "Resync",
     "WebSocketClient",
     "backoff_delays",
+    "book_verified",
     "error_from_message",
     "message_stream",
+    "resume_requests",
     "subscription_requests",
     "unwrap",
 ]

@@ -1,20 +1,18 @@
-"""What a bot client knows, as values: streams, subscriptions, backoff, the market view.
+"""A bot client's helpers, as values: streams, subscription and resume requests, backoff, errors.
 
-No sockets and no event loop here; :mod:`bixweb.client.websocket` drives it.
+No sockets and no event loop here; :mod:`bixweb.client.websocket` drives them
+(and :mod:`bixweb.client.view` keeps what the client has learnt).
 """
 
 from __future__ import annotations
 
-import logging
 import random
-import threading
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, Literal
 
 from bixweb.errors import ERROR_CODES, ProtocolError
 from bixweb.model import stream_key
-
-log = logging.getLogger("bixweb.client")
+from bixweb.protocol import Since
 
 Message = dict[str, Any]
 Callback = Callable[[Message], Awaitable[None] | None]
@@ -23,6 +21,8 @@ Stream = tuple[str, str]
 """``(channel, symbol)``."""
 Request = tuple[Literal["subscribe", "unsubscribe"], list[str], list[str]]
 """``(op, symbols, channels)``."""
+Resume = tuple[list[str], list[str], Since | None]
+"""``(symbols, channels, since)`` of a ``subscribe`` that resumes; no ``since``: start over."""
 
 CLOSE_REASONS: Final = {
     1000: "normal closure",
@@ -36,6 +36,7 @@ CLOSE_REASONS: Final = {
 DATA_CHANNELS: Final = {"market_update": "ticker", "trade": "trades", "book": "book"}
 MAX_REQUEST_SYMBOLS: Final = 200
 MAX_REQUEST_CHANNELS: Final = 16
+MAX_SINCE_STREAMS: Final = 1000
 
 
 def backoff_delays(initial: float, maximum: float, rng: random.Random | None = None) -> Iterator[float]:
@@ -88,15 +89,22 @@ def subscriptions_map(streams: Iterable[Stream]) -> dict[str, list[str]]:
     return out
 
 
-def _requests(op: Literal["subscribe", "unsubscribe"], streams: set[Stream]) -> list[Request]:
+def _requests(
+    op: Literal["subscribe", "unsubscribe"], streams: set[Stream], max_streams: int | None = None
+) -> list[Request]:
+    """Requests for ``streams``: channels that share their symbols share a request, cut to the limits."""
     by_symbols: dict[tuple[str, ...], list[str]] = {}
     for channel, names in subscriptions_map(streams).items():
         by_symbols.setdefault(tuple(names), []).append(channel)
     out: list[Request] = []
     for symbols, channels in by_symbols.items():
-        for i in range(0, len(symbols), MAX_REQUEST_SYMBOLS):
-            for j in range(0, len(channels), MAX_REQUEST_CHANNELS):
-                out.append((op, list(symbols[i : i + MAX_REQUEST_SYMBOLS]), channels[j : j + MAX_REQUEST_CHANNELS]))
+        for j in range(0, len(channels), MAX_REQUEST_CHANNELS):
+            some_channels = channels[j : j + MAX_REQUEST_CHANNELS]
+            step = MAX_REQUEST_SYMBOLS
+            if max_streams is not None:
+                step = max(1, min(step, max_streams // len(some_channels)))
+            for i in range(0, len(symbols), step):
+                out.append((op, list(symbols[i : i + step]), some_channels))
     return out
 
 
@@ -107,6 +115,37 @@ def subscription_requests(have: set[Stream], want: set[Stream]) -> list[Request]
     product); lists are cut to the protocol's per-request limits.
     """
     return _requests("unsubscribe", have - want) + _requests("subscribe", want - have)
+
+
+def resume_requests(wanted: set[Stream], positions: Mapping[str, tuple[int, int]]) -> list[Resume]:
+    """The ``subscribe`` requests that resume ``wanted`` on a connection that has no subscription.
+
+    ``positions`` maps a stream key to the ``(epoch, seq)`` the client has
+    reached on it. Streams with a position are grouped by epoch, then as in
+    :func:`subscription_requests`; each request carries ``since`` with the
+    seq of every stream it names, because the server resumes a request only
+    if it knows where the client stands on all of them (and at most
+    :data:`MAX_SINCE_STREAMS` of them). Streams without a position come last,
+    with no ``since``: they start over from a fresh ``initial_data``.
+    """
+    by_epoch: dict[int | None, set[Stream]] = {}
+    for channel, symbol in wanted:
+        position = positions.get(stream_key(channel, symbol))
+        by_epoch.setdefault(position[0] if position is not None else None, set()).add((channel, symbol))
+    out: list[Resume] = []
+    for epoch in sorted(by_epoch, key=lambda e: (e is None, e or 0)):
+        if epoch is None:
+            out += [(symbols, channels, None) for _, symbols, channels in _requests("subscribe", by_epoch[epoch])]
+            continue
+        for _, symbols, channels in _requests("subscribe", by_epoch[epoch], MAX_SINCE_STREAMS):
+            seq = {key: positions[key][1] for key in (stream_key(c, s) for c in channels for s in symbols)}
+            out.append((symbols, channels, Since(epoch, seq)))
+    return out
+
+
+def since_data(since: Since) -> dict[str, Any]:
+    """The ``since`` object of a ``subscribe`` message."""
+    return {"epoch": since.epoch, "seq": dict(since.seq)}
 
 
 def error_from_message(message: Mapping[str, Any]) -> ProtocolError:
@@ -123,64 +162,3 @@ def error_from_message(message: Mapping[str, Any]) -> ProtocolError:
         path=path if isinstance(path, str) else None,
     )
 
-
-class MarketView:
-    """What a client has learnt from the messages it has seen; no I/O.
-
-    Keeps the latest ticker per symbol and the ``seq`` reached on each stream,
-    and counts gaps (a ``seq`` more than one past the last). The receive loop
-    writes; any thread may read.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._tickers: dict[str, Message] = {}
-        self._seq: dict[str, int] = {}
-        self.gaps = 0
-
-    def new_connection(self) -> None:
-        """Forget stream positions: ``seq`` is not comparable across connections."""
-        with self._lock:
-            self._seq.clear()
-
-    def forget(self, keys: Iterable[str]) -> None:
-        """Stop tracking streams (after an ``unsubscribe``)."""
-        with self._lock:
-            for key in keys:
-                self._seq.pop(key, None)
-
-    def apply(self, message: Mapping[str, Any]) -> None:
-        """Take one (unwrapped) server message into account."""
-        kind = message.get("type")
-        with self._lock:
-            if kind == "initial_data":
-                self._seq.update(message.get("seq", {}))
-                self._tickers.update(message.get("tickers", {}))
-                return
-            key = message_stream(message)
-            seq = message.get("seq")
-            if key is None or not isinstance(seq, int):
-                return
-            last = self._seq.get(key)
-            if last is not None and seq <= last:
-                return  # already in the state
-            if last is not None and seq > last + 1:
-                self.gaps += 1
-                log.warning("gap on %s: seq %d after %d", key, seq, last)
-            self._seq[key] = seq
-            if kind == "market_update":
-                self._tickers[message["symbol"]] = message["data"]
-
-    def seq(self, key: str) -> int | None:
-        """The last ``seq`` seen on stream ``key`` in this connection."""
-        with self._lock:
-            return self._seq.get(key)
-
-    def ticker(self, symbol: str) -> Message | None:
-        with self._lock:
-            ticker = self._tickers.get(symbol)
-            return dict(ticker) if ticker is not None else None
-
-    def tickers(self) -> dict[str, Message]:
-        with self._lock:
-            return {symbol: dict(ticker) for symbol, ticker in self._tickers.items()}

@@ -16,16 +16,51 @@ In a plain synchronous program::
     client.stop()
 
 How it runs: each client has one *receive loop*, a task that reads the socket,
-unwraps ``batch`` frames, updates what the client knows (latest tickers, seq
-per stream, subscriptions), answers pending requests, puts every message in a
-bounded queue and calls the callbacks. :meth:`WebSocketClient.connect` starts
-it; :meth:`~WebSocketClient.receive_messages` waits for it (starting it first
-if needed); ``async for`` and :meth:`~WebSocketClient.get_message` start it if
-nothing else has. It reconnects with backoff after any close except one asked
-for with :meth:`~WebSocketClient.disconnect`, then subscribes again to
-everything the client had. Only the client's own event loop may call its
-coroutines; in background mode, read it from other threads through the
-thread-safe readers (``get_latest_*``, ``is_connected``, ``queue``, counters).
+unwraps ``batch`` frames, passes each message through its
+:class:`~bixweb.client.view.MarketView` (which decides what to deliver),
+answers pending requests, puts every delivered message in a bounded queue
+and calls the callbacks. :meth:`WebSocketClient.connect` starts it;
+:meth:`~WebSocketClient.receive_messages` waits for it (starting it first if
+needed); ``async for`` and :meth:`~WebSocketClient.get_message` start it if
+nothing else has. Only the client's own event loop may call its coroutines;
+in background mode, read it from other threads through the thread-safe
+readers (``get_latest_*``, ``get_book``, ``is_connected``, ``queue``, counters).
+
+Resume. The view keeps, per stream, the ``epoch`` and the last ``seq``
+delivered. After any close that :meth:`~WebSocketClient.disconnect` did not
+ask for, the client reconnects (with backoff) to
+:attr:`~WebSocketClient.resume_url` (``?channels=none``: no initial
+subscription, so no ``initial_data``) and sends one ``subscribe`` per group
+of its subscriptions (see :func:`~bixweb.client.streams.resume_requests`)
+carrying ``since: {epoch, seq: {stream: last seq}}``. The server either
+replays what was missed, with the original ``seq`` (ack ``recovered: true``),
+or sends an ``initial_data`` with ``recovered: false`` (a restart changed the
+epoch, or it no longer has the trades) from which the view starts those
+streams over. :attr:`~WebSocketClient.recovered` says how the last resume
+went. The first connection, and one after :meth:`~WebSocketClient.disconnect`,
+use the ``symbols``/``channels`` query and fresh snapshots instead.
+
+Dedupe. A data message whose ``seq`` is not above the last one delivered on
+its stream in the same epoch is dropped before the queue and the callbacks,
+and counted in :attr:`~WebSocketClient.duplicates`.
+
+Gaps. Trades (``trades:SYMBOL``) must be contiguous. On a jump the client
+counts a gap, holds back that trade and the ones after it, and sends a
+``subscribe`` with ``since`` for that stream alone; the server replays the
+missing trades (then the held ones follow, so callbacks get every trade once
+and in ``seq`` order), or, if it no longer has them, an ``initial_data``
+(``recovered: false``) whose recent trades stand in for them (those with an
+``id`` above the last trade delivered are the new ones). Ticker, book
+and candles carry state that the server conflates for slow readers: their
+``seq`` may skip and that is no gap.
+
+Checksums. Every book (``book`` messages and ``initial_data`` books) is
+checked against :func:`bixweb.protocol.book_checksum`. A mismatch is counted
+in :attr:`~WebSocketClient.checksum_failures`; the book is neither applied
+nor delivered, and a ``subscribe`` with ``since`` just below its ``seq``
+makes the server replay its latest book. :meth:`~WebSocketClient.get_book`
+returns the latest verified book. If a resync is refused or times out, the
+client closes the connection and resumes.
 
 This module uses aiohttp's client only: it never imports ``aiohttp.web``.
 """
@@ -50,19 +85,23 @@ from yarl import URL
 from bixweb.client.streams import (
     CLOSE_REASONS,
     Callback,
-    MarketView,
     Message,
     Request,
+    Resume,
     Stream,
     backoff_delays,
     error_from_message,
+    resume_requests,
+    since_data,
     streams_of,
     subscription_requests,
     subscriptions_map,
     unwrap,
 )
+from bixweb.client.view import MarketView, Resync
 from bixweb.errors import ProtocolError
 from bixweb.model import stream_key
+from bixweb.protocol import Since
 
 log = logging.getLogger("bixweb.client")
 
@@ -95,15 +134,16 @@ class WebSocketClient:
     chooses the initial subscription; the server's default is the ticker of
     every symbol.
 
-    Every message (``batch`` frames unwrapped; including the acks of the
-    requests the client sends itself to restore subscriptions after a
-    reconnect) goes to every callable in :attr:`callbacks` and into a queue of at
-    most ``queue_size`` messages read by ``async for`` or :meth:`get_message`;
-    when it is full the oldest message is dropped and counted in
-    :attr:`dropped`. Callbacks run inside the receive loop: keep them short,
-    and do not await :meth:`subscribe` in one (start a task instead).
+    Every message (``batch`` frames unwrapped; duplicates and books that fail
+    their checksum left out; trades in ``seq`` order; including the acks of
+    the requests the client sends itself to resume or resync) goes to every
+    callable in :attr:`callbacks` and into a queue of at most ``queue_size``
+    messages read by ``async for`` or :meth:`get_message`; when it is full
+    the oldest message is dropped and counted in :attr:`dropped`. Callbacks
+    run inside the receive loop: keep them short, and do not await
+    :meth:`subscribe` in one (start a task instead).
 
-    Other options: ``auto_reconnect`` (reconnect after any close that
+    Other options: ``auto_reconnect`` (reconnect and resume after any close that
     :meth:`disconnect` did not ask for), ``reconnect_initial`` and
     ``reconnect_max`` (see :func:`backoff_delays`), ``request_timeout`` for
     ``subscribe``/``unsubscribe``, ``connect_timeout`` per attempt,
@@ -140,6 +180,9 @@ class WebSocketClient:
         if channels is not None:
             address = address.update_query(channels=",".join(_names(channels)))
         self.url = str(address)
+        resume_query = {k: v for k, v in address.query.items() if k not in ("symbols", "channels")}
+        self.resume_url = str(address.with_query({**resume_query, "channels": "none"}))
+        """Where a resume connects: no initial subscription, so no ``initial_data``."""
         self.auto_reconnect = auto_reconnect
         self.reconnect_initial = reconnect_initial
         self.reconnect_max = reconnect_max
@@ -150,7 +193,7 @@ class WebSocketClient:
         self.callbacks: list[Callback] = list(callbacks)
         """Called with every message, in order; exceptions are logged and ignored."""
         self.view = MarketView()
-        """Latest tickers and ``seq`` per stream (``view.seq("trades:BTCUSDT")``)."""
+        """Positions per stream, latest tickers and books (``view.seq("trades:BTCUSDT")``)."""
         self.welcome: Message | None = None
         """The last ``welcome`` message (server version, symbols, limits)."""
         self.close_code: int | None = None
@@ -159,6 +202,13 @@ class WebSocketClient:
         """Sockets opened so far; above 1 after a reconnect."""
         self.dropped = 0
         """Messages dropped from the full queue."""
+        self.recovered: bool | None = None
+        """How the last resume went: True if the server replayed everything missed, False if any
+        request got a fresh ``initial_data`` instead; None before the first resume."""
+        self.resumes = 0
+        """Resumes completed (every subscription requested again after an unasked-for close)."""
+        self.resyncs = 0
+        """Single-stream resyncs sent on a live connection (a trades gap, a bad book checksum)."""
         self._rng = rng or random.Random()
         self._queue: deque[Message] = deque(maxlen=queue_size)
         self._lock = threading.Lock()
@@ -176,14 +226,31 @@ class WebSocketClient:
         self._ws: aiohttp.ClientWebSocketResponse[Literal[False]] | None = None
         self._run_task: asyncio.Task[None] | None = None
         self._resubscriber: asyncio.Task[None] | None = None
+        self._resyncers: set[asyncio.Task[None]] = set()
+        self._resume = False  # set by a close nobody asked for: reconnect and resume
         self._thread: threading.Thread | None = None
 
     # -- thread-safe readers ---------------------------------------------
 
     @property
     def gaps(self) -> int:
-        """How many times a stream's ``seq`` jumped (messages were missed)."""
+        """How many times a trades stream's ``seq`` jumped (each gap is then filled by a resync)."""
         return self.view.gaps
+
+    @property
+    def duplicates(self) -> int:
+        """Data messages dropped because their stream had already reached their ``seq``."""
+        return self.view.duplicates
+
+    @property
+    def checksum_failures(self) -> int:
+        """Books dropped because their checksum did not match (each then refetched)."""
+        return self.view.checksum_failures
+
+    @property
+    def epoch(self) -> int | None:
+        """The server epoch last seen; a new one means the server restarted and lost its numbering."""
+        return self.view.epoch
 
     @property
     def queue(self) -> list[Message]:
@@ -209,6 +276,14 @@ class WebSocketClient:
     def get_latest_data(self) -> dict[str, Message]:
         """The latest ticker of every symbol seen (``initial_data`` and ``market_update``)."""
         return self.view.tickers()
+
+    def get_book(self, symbol: str) -> Message | None:
+        """The latest book of ``symbol`` whose checksum matched, or ``None`` before the first one.
+
+        A copy of the ``data`` of a ``book`` message (or of an ``initial_data``
+        book): ``bids`` and ``asks`` as ``[price, qty]`` lists, best first, ``time``, ``checksum``.
+        """
+        return self.view.book(symbol)
 
     # -- connecting ------------------------------------------------------
 
@@ -251,9 +326,11 @@ class WebSocketClient:
     async def disconnect(self) -> None:
         """Close the socket (1000) and stop the receive loop; no reconnect follows.
 
-        Subscriptions are kept: a later :meth:`connect` restores them.
+        Subscriptions are kept: a later :meth:`connect` restores them, starting
+        over from fresh snapshots (it does not resume).
         """
         self._closing = True
+        self._resume = False
         if self._stop is not None:
             self._stop.set()  # ends a backoff sleep at once
         ws, task = self._ws, self._run_task
@@ -297,7 +374,11 @@ class WebSocketClient:
         return await self._request("unsubscribe", _names(symbols), _names(channels))
 
     async def _request(
-        self, op: Literal["subscribe", "unsubscribe"], symbols: list[str], channels: list[str]
+        self,
+        op: Literal["subscribe", "unsubscribe"],
+        symbols: list[str],
+        channels: list[str],
+        since: Since | None = None,
     ) -> Message:
         ws = self._ws
         if ws is None or ws.closed or self._run_task is None or self._run_task.done():
@@ -305,7 +386,9 @@ class WebSocketClient:
         request_id = next(self._ids)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        request = {"type": op, "id": request_id, "symbols": symbols, "channels": channels}
+        request: Message = {"type": op, "id": request_id, "symbols": symbols, "channels": channels}
+        if since is not None:
+            request["since"] = since_data(since)
         try:
             await ws.send_frame(orjson.dumps(request), aiohttp.WSMsgType.TEXT)
             async with asyncio.timeout(self.request_timeout):
@@ -444,7 +527,9 @@ class WebSocketClient:
                             raise
                         delays = delays or self._backoff()
                         delay = next(delays)
-                        log.warning("cannot connect to %s (%s); retrying in %.2f s", self.url, _describe(exc), delay)
+                        log.warning(
+                            "cannot connect to %s (%s); retrying in %.2f s", self._target(), _describe(exc), delay
+                        )
                         await self._sleep(delay)
                         continue
                 delays = None
@@ -454,6 +539,7 @@ class WebSocketClient:
                     await self._lost(ws)
                 if self._closing or not self.auto_reconnect:
                     break
+                self._resume = self._wanted is not None
                 delays = self._backoff()
                 delay = next(delays)
                 reason = CLOSE_REASONS.get(self.close_code or 0, "unexpected close")
@@ -470,20 +556,25 @@ class WebSocketClient:
             async with asyncio.timeout(delay):
                 await self._stop.wait()
 
+    def _target(self) -> str:
+        return self.resume_url if self._resume else self.url
+
     async def _open(self) -> aiohttp.ClientWebSocketResponse[Literal[False]]:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession()
+        url = self._target()
         async with asyncio.timeout(self.connect_timeout):
             ws = await self._session.ws_connect(
-                self.url, heartbeat=self.heartbeat, max_msg_size=self.max_message_size, decode_text=False
+                url, heartbeat=self.heartbeat, max_msg_size=self.max_message_size, decode_text=False
             )
         self._ws = ws
         self.connections += 1
-        self.view.new_connection()
+        if not self._resume:
+            self.view.reset()
         self._online.set()
         assert self._connected is not None
         self._connected.set()
-        log.info("connected to %s", self.url)
+        log.info("connected to %s", url)
         return ws
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse[Literal[False]]) -> None:
@@ -509,8 +600,10 @@ class WebSocketClient:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
-        if self._resubscriber is not None:
-            self._resubscriber.cancel()
+        self.view.connection_lost()
+        for task in (self._resubscriber, *self._resyncers):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
 
     async def _release(self) -> None:
         """Close what is still open: after :meth:`disconnect` or when the loop ends."""
@@ -540,7 +633,15 @@ class WebSocketClient:
             await self._dispatch(message)
 
     async def _dispatch(self, message: Message) -> None:
-        self.view.apply(message)
+        received = self.view.receive(message)
+        for resync in received.resyncs:
+            task = asyncio.create_task(self._resync(resync), name=f"bixweb-resync-{resync.stream}")
+            self._resyncers.add(task)
+            task.add_done_callback(self._resyncers.discard)
+        for item in received.deliver:
+            await self._deliver(item)
+
+    async def _deliver(self, message: Message) -> None:
         kind = message.get("type")
         if kind == "welcome":
             self._on_welcome(message)
@@ -579,7 +680,13 @@ class WebSocketClient:
         with self._lock:
             if self._wanted is None:
                 self._wanted = have
-            requests = subscription_requests(have, self._wanted)
+            wanted = set(self._wanted)
+        if self._resume:
+            resumes = resume_requests(wanted - have, self.view.positions())
+            log.info("resuming: %d requests", len(resumes))
+            self._resubscriber = asyncio.create_task(self._resume_streams(resumes), name="bixweb-resume")
+            return
+        requests = subscription_requests(have, wanted)
         if requests:
             log.info("restoring subscriptions: %d requests", len(requests))
             self._resubscriber = asyncio.create_task(self._resubscribe(requests), name="bixweb-resubscribe")
@@ -605,3 +712,37 @@ class WebSocketClient:
             except (ConnectionError, TimeoutError) as exc:
                 log.info("restoring subscriptions interrupted: %s", _describe(exc))
                 return
+
+    async def _resume_streams(self, resumes: list[Resume]) -> None:
+        """Subscribe again with ``since``, one request at a time; then set :attr:`recovered`."""
+        recovered = True
+        for symbols, channels, since in resumes:
+            try:
+                ack = await self._request("subscribe", symbols, channels, since)
+            except ProtocolError as exc:
+                log.warning("could not resume %s x %s: %s %s", symbols, channels, exc.code, exc.message)
+                recovered = False
+                continue
+            except (ConnectionError, TimeoutError) as exc:
+                log.info("resuming interrupted: %s", _describe(exc))
+                return
+            if since is None or ack.get("recovered") is not True:
+                recovered = False  # an initial_data follows (or followed) instead of the missed messages
+        self.recovered = recovered
+        self.resumes += 1
+        log.info("resumed: %s", "recovered" if recovered else "started over from snapshots")
+
+    async def _resync(self, resync: Resync) -> None:
+        """Ask again for one stream on the live connection; if that fails, reconnect and resume."""
+        self.resyncs += 1
+        try:
+            await self._request("subscribe", [resync.symbol], [resync.channel], resync.since)
+        except ConnectionError:
+            return  # the reconnect resumes the stream
+        except (ProtocolError, TimeoutError) as exc:
+            log.warning("resync of %s failed (%s); reconnecting to resume", resync.stream, _describe(exc))
+            ws = self._ws
+            if ws is not None and not ws.closed:
+                await ws.close(message=b"resync failed")
+        finally:
+            self.view.resync_finished(resync.stream)
