@@ -1,4 +1,4 @@
-"""``python -m bixweb``: run the service (``serve``, the default command)."""
+"""``python -m bixweb``: run the service (``serve``, the default command), or ``bench`` it."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -25,10 +26,31 @@ def build_parser() -> argparse.ArgumentParser:
         description="bixweb: a live market-data hub. Every option can also be set by its BIXWEB_* variable.",
     )
     parser.add_argument("--version", action="version", version=f"bixweb {__version__}")
-    parser.add_argument("command", nargs="?", choices=["serve"], default="serve",
-                        help="serve: run the web service (default)")
+    parser.add_argument("command", nargs="?", choices=["serve", "bench"], default="serve",
+                        help="serve: run the web service (default); "
+                             "bench: measure a server (its options: python -m bixweb bench --help)")
     add_options(parser)
     return parser
+
+
+LISTEN_BACKLOG = 4096
+"""Handshakes the kernel may hold while the server accepts; aiohttp's default of 128 drops bursts."""
+
+
+WANTED_OPEN_FILES = 65_536
+
+
+def raise_open_files_limit() -> None:
+    """One socket is one file: raise the limit to 65,536 (root may), else to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for limit in (max(hard, WANTED_OPEN_FILES), hard):
+        try:
+            if soft < limit:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, max(limit, hard)))
+            break
+        except (ValueError, OSError):
+            continue
+    log.debug("open files limit %d", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 
 async def serve(settings: Settings) -> None:
@@ -36,9 +58,10 @@ async def serve(settings: Settings) -> None:
     from bixweb.web.app import create_app
 
     app = create_app(settings)
+    raise_open_files_limit()
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
     await site.start()
     server = site._server  # the only way to learn which port 0 chose
     for sock in getattr(server, "sockets", ()):
@@ -55,7 +78,15 @@ async def serve(settings: Settings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # bench has options of its own
+        from bixweb.bench import main as bench
+
+        return bench(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "bench":
+        parser.error("bench comes first: python -m bixweb bench [its options]")
     try:
         settings = settings_from(args, os.environ)
         configure_logging(settings.log_level)

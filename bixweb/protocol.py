@@ -305,6 +305,11 @@ def parse_json_object(frame: str | bytes) -> dict[str, Any]:
         raise ProtocolError("invalid_json", "the frame is not valid JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError("invalid_message", "a message is a JSON object", path="$")
+    if _depth(obj) > MAX_NESTING:
+        raise ProtocolError(
+            "invalid_message", f"a message nests at most {MAX_NESTING} levels deep", request_id=_request_id(obj),
+            path="$",
+        )
     return obj
 
 
@@ -358,6 +363,29 @@ class SchemaSet:
         if validator is None:
             return [f"$.type: no {direction} message type {message.get('type')!r}"]
         return [f"{e.json_path}: {e.message}" for e in validator.iter_errors(message)]
+
+
+MAX_NESTING: Final = 16
+"""No message of the protocol nests deeper; deeper input is refused before validation,
+whose error messages quote the instance and would recurse as deep as it goes."""
+
+
+def _depth(value: object, limit: int = MAX_NESTING + 1) -> int:
+    """How deeply ``value`` nests lists and objects, counted up to ``limit``."""
+    depth = 0
+    level: list[object] = [value]
+    while level and depth < limit:
+        children: list[object] = []
+        for item in level:
+            if isinstance(item, dict):
+                children.extend(item.values())
+            elif isinstance(item, list):
+                children.extend(item)
+        if not children:
+            break
+        depth += 1
+        level = children
+    return depth
 
 
 @functools.cache

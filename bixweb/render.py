@@ -82,7 +82,7 @@ class Status:
 
     @property
     def iso(self) -> str:
-        return datetime.fromtimestamp(self.now_ms / 1000, UTC).isoformat(timespec="seconds")
+        return datetime.fromtimestamp(self.now_ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 def _fixed(value: float, decimals: int) -> str:

@@ -87,6 +87,8 @@ class BotSession:
 
     def receive(self, frame: str | bytes) -> None:
         """Handle one client frame; every refusal becomes an ``error`` message."""
+        if self.conn.closing:
+            return
         try:
             verdict = self.limiter.check(time.monotonic())
             if verdict == "close":
@@ -104,6 +106,9 @@ class BotSession:
                 self.conn.session, self.conn.peer, exc.code, exc.path or "-",
             )
             self.send(protocol.error_message(now_ms(), exc))
+        except Exception:  # a bug must cost one answer, not the connection or the server
+            log.exception("internal error session=%s peer=%s", self.conn.session, self.conn.peer)
+            self.send(protocol.error_message(now_ms(), ProtocolError("internal_error", "the server failed")))
 
     def handle(self, request: protocol.ClientMessage) -> None:
         if isinstance(request, protocol.Ping):
@@ -176,13 +181,13 @@ async def bot_socket(request: web.Request) -> web.StreamResponse:
     )
     service.connections.add(conn)
     session = BotSession(service, conn, streams)
+    session.start()  # the snapshot is queued where the subscription starts: no update can come between
     try:
-        await ws.send_frame(session.welcome(), WSMsgType.TEXT)  # first, alone; the writer starts after it
+        await ws.send_frame(session.welcome(), WSMsgType.TEXT)  # first and alone; the writer starts after it
     except ConnectionError:
         session.close()
         service.connections.discard(conn)
         return ws
-    session.start()
     conn.start()
     log.info("connected kind=bot session=%s peer=%s streams=%d", conn.session, conn.peer, len(streams))
     try:
