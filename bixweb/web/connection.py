@@ -28,6 +28,20 @@ DIRECT_WRITE_LIMIT = 64 * 1024
 """Bytes in a socket's send buffer below which frames skip the outbox."""
 
 
+class _Wire:
+    """The last shared frame with its WebSocket header: the hub hands one frame to a whole
+    subscription in a row, so the header is built and the bytes joined once for all of them."""
+
+    frame: bytes = b""
+    wire: bytes = b""
+
+    @classmethod
+    def of(cls, frame: bytes) -> bytes:
+        if frame is not cls.frame:
+            cls.frame, cls.wire = frame, text_frame_header(len(frame)) + frame
+        return cls.wire
+
+
 def text_frame_header(length: int) -> bytes:
     """The header of an unmasked, final text frame (RFC 6455 section 5.2), as a server sends it."""
     if length < 126:
@@ -69,8 +83,6 @@ class Connection:
         """The code this side closed with, if it did."""
         self.frames_sent = 0
         self.slow_consumer = False
-        self._ready = asyncio.Event()
-        self._writing = False
         self._transport: asyncio.Transport | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
@@ -84,9 +96,10 @@ class Connection:
         return self.close_reason is not None
 
     def start(self) -> None:
-        """Start the writer: from now on frames flow, directly while the peer keeps up."""
-        self._writer = asyncio.create_task(self._write(), name=f"writer-{self.session}")
+        """From now on frames flow: directly while the peer keeps up, through the writer when not."""
         self._transport = self.request.transport
+        if self.outbox:
+            self._wake_writer()
 
     def deliver(self, frame: bytes, parts: Sequence[Part]) -> None:
         """Hand over one flush window for this peer (``frame`` is ``parts`` joined).
@@ -99,14 +112,14 @@ class Connection:
         if self.close_reason is not None:
             return
         transport = self._transport
+        # no writer task means the outbox is empty (it runs until it is)
         if (
-            transport is not None
-            and not self._writing
-            and not self.outbox
+            self._writer is None
+            and transport is not None
             and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT
             and not transport.is_closing()
         ):
-            transport.write(text_frame_header(len(frame)) + frame)
+            transport.write(_Wire.of(frame))
             self.frames_sent += 1
             return
         self._queued(self.outbox.put_frame(frame, parts))
@@ -118,7 +131,8 @@ class Connection:
 
     def _queued(self, within_bounds: bool) -> None:
         if within_bounds:
-            self._ready.set()
+            if self._writer is None and self._transport is not None:
+                self._wake_writer()
             return
         log.warning(
             "slow consumer kind=%s session=%s peer=%s queued=%d bytes=%d",
@@ -127,21 +141,25 @@ class Connection:
         self.slow_consumer = True
         self.close_soon(self.overflow_code, "slow consumer")
 
+    def _wake_writer(self) -> None:
+        self._writer = asyncio.create_task(self._write(), name=f"writer-{self.session}")
+
     async def _write(self) -> None:
-        ws, outbox, ready = self.ws, self.outbox, self._ready
+        """Send what the outbox holds as fast as the peer takes it, then end.
+
+        A writer exists only while something waits, so a connection that keeps
+        up (or is idle) costs no task.
+        """
+        ws, outbox = self.ws, self.outbox
         try:
-            while True:
-                frame = outbox.take()
-                if frame is None:
-                    ready.clear()
-                    await ready.wait()
-                    continue
-                self._writing = True
+            while (frame := outbox.take()) is not None:
                 await ws.send_frame(frame, WSMsgType.TEXT)  # waits while the peer's buffer is full
-                self._writing = False
                 self.frames_sent += 1
         except (ConnectionError, RuntimeError):
             pass  # the peer went away; the handler's receive loop sees the close
+        finally:
+            if self._writer is asyncio.current_task():
+                self._writer = None
 
     def close_soon(self, code: int, reason: str) -> None:
         """Start closing with ``code``; returns at once."""
