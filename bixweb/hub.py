@@ -175,6 +175,8 @@ class Hub:
     def set_streams(self, subscriber: Subscriber, streams: frozenset[str]) -> None:
         """Make ``subscriber`` listen to exactly ``streams``."""
         old = self._streams.get(subscriber)
+        if old == streams and old is not None:
+            return  # leaving and rejoining a large group would churn its set for nothing
         if old is not None:
             self._leave(subscriber, old)
         self._streams[subscriber] = streams

@@ -43,7 +43,6 @@ class BotSession:
         self.conn = conn
         self.streams: set[tuple[str, str]] = set()
         self.limiter = InboundLimiter(service.settings.max_messages_per_s, time.monotonic())
-        self.service.hub.add(conn)
         self._subscribe(streams)
 
     def send(self, message: protocol.Message) -> None:
