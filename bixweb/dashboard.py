@@ -105,13 +105,14 @@ class Dashboard:
         for item in outgoing:
             self._dirty[item.stream] = None
 
-    def _fragment_keys(self, stream: str) -> list[str]:
+    def _fragment_keys(self, stream: str, charts: list[str]) -> list[str]:
+        """The watched fragments a changed market stream touches; ``charts``: the watched chart keys."""
         channel, _, symbol = stream.partition(":")
         if channel in (TICKER, TRADES, BOOK):
             key = f"{channel}:{symbol}"
             return [key] if self.hub.has_subscribers(key) else []
         prefix = f"chart:{symbol}:{channel.removeprefix('candles_')}:"
-        return [key for key in self.hub.streams() if key.startswith(prefix)]
+        return [key for key in charts if key.startswith(prefix)]
 
     def render(self, key: str) -> str:
         """The live fragment called ``key``."""
@@ -132,9 +133,10 @@ class Dashboard:
         """Render each changed, watched fragment once and fan it out."""
         if not self._dirty:
             return
+        charts = [key for key in self.hub.streams() if key.startswith("chart:")]
         keys: dict[str, None] = {}
         for stream in self._dirty:
-            keys.update(dict.fromkeys(self._fragment_keys(stream)))
+            keys.update(dict.fromkeys(self._fragment_keys(stream, charts)))
         self._dirty.clear()
         parts = [(key, self.render(key).encode(), True) for key in keys]
         self.renders += len(parts)

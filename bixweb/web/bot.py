@@ -51,8 +51,12 @@ class BotSession:
     def _subscribe(self, streams: list[tuple[str, str]]) -> list[tuple[str, str]]:
         added = [s for s in streams if s not in self.streams]
         self.streams.update(added)
-        self.service.hub.set_streams(self.conn, frozenset(stream_key(c, s) for c, s in self.streams))
+        self._listen()
         return added
+
+    def _listen(self) -> None:
+        """Tell the hub what this connection is subscribed to now."""
+        self.service.hub.set_streams(self.conn, frozenset(stream_key(c, s) for c, s in self.streams))
 
     def welcome(self) -> bytes:
         """The first frame: server facts and the initial subscription."""
@@ -140,7 +144,7 @@ class BotSession:
                 self.send(message)
         else:
             self.streams.difference_update(streams)
-            self.service.hub.set_streams(self.conn, frozenset(stream_key(c, s) for c, s in self.streams))
+            self._listen()
             self._ack("unsubscribe", symbols, channels, request.id)
 
     def _ack(
