@@ -7,15 +7,17 @@ is listed by ``python -m bixweb --help`` with its variable's name.
 from __future__ import annotations
 
 import argparse
-import logging
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 from bixweb.errors import ConfigError
 from bixweb.feeds.simulated import DEFAULT_SYMBOLS
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,19 @@ class Settings:
     watchlist: tuple[str, ...] = ()
     """Empty: the first six of ``symbols``."""
     strict: bool = False
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses or networks whose ``X-Forwarded-For``/``-Proto`` are believed."""
+    allowed_origins: tuple[str, ...] = ()
+    """Empty: a browser socket must come from a page of the host it connects to."""
+    tokens: tuple[str, ...] = ()
+    token_file: str = ""
+    open_bots: bool = False
+    max_connections: int = 10_000
+    max_connections_per_client: int = 100
+    bot_compression: bool = False
+    ui_compression: bool = False
+    shutdown_timeout: float = 5.0
+    log_format: str = "text"
 
 
 def _symbols(text: str) -> tuple[str, ...]:
@@ -75,6 +90,40 @@ def _port(text: str) -> int:
 def _level(text: str) -> str:
     if text.lower() not in LOG_LEVELS:
         raise ValueError(f"{text} is not one of {', '.join(LOG_LEVELS)}")
+    return text.lower()
+
+
+def _at_least_zero(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{text} is below 0")
+    return value
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+
+
+def _networks(text: str) -> tuple[str, ...]:
+    """Comma-separated addresses or CIDR networks, checked here, kept as text."""
+    networks = _words(text)
+    for network in networks:
+        ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+    return networks
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    origins = tuple(o.rstrip("/").lower() for o in _words(text))
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
+            raise ValueError(f"{origin} is not an origin like https://example.com or http://host:8080")
+    return origins
+
+
+def _log_format(text: str) -> str:
+    if text.lower() not in LOG_FORMATS:
+        raise ValueError(f"{text} is not one of {', '.join(LOG_FORMATS)}")
     return text.lower()
 
 
@@ -112,7 +161,32 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "ui_rate": (_positive(float), "dashboard updates per second per fragment (latest wins)"),
     "watchlist": (_symbols, "comma-separated symbols a new dashboard page watches (default: the first six symbols)"),
     "strict": (_flag, "validate every outbound message against its schema (slow; for debugging)"),
+    "trusted_proxies": (
+        _networks, "comma-separated proxy addresses or networks whose X-Forwarded-For and X-Forwarded-Proto "
+        "are believed (client address for limits and logs; https for the page's wss:// socket)"
+    ),
+    "allowed_origins": (
+        _origins, "comma-separated origins (https://example.com) whose pages may open the dashboard socket "
+        "(default: the host the page was served from)"
+    ),
+    "tokens": (
+        _words, "comma-separated bearer tokens the bot socket accepts; prefer the variable or "
+        "--token-file, since flags show in ps"
+    ),
+    "token_file": (str, "file of bearer tokens for the bot socket, one per line (# comments allowed)"),
+    "open_bots": (_flag, "serve the bot socket to any address without a token (default: loopback only "
+                         "unless tokens are configured)"),
+    "max_connections": (_at_least_zero, "open sockets in total; more are refused with HTTP 503 (0: no limit)"),
+    "max_connections_per_client": (
+        _at_least_zero, "open sockets per client address; more are refused with HTTP 429 (0: no limit)"
+    ),
+    "bot_compression": (_flag, "offer permessage-deflate on the bot socket (costs CPU per client)"),
+    "ui_compression": (_flag, "offer permessage-deflate on the dashboard socket (see docs/deployment.md: BREACH)"),
+    "shutdown_timeout": (_positive(float), "seconds a SIGTERM/SIGINT shutdown may take before sockets are dropped"),
+    "log_format": (_log_format, "text (key=value lines) or json (one object per line)"),
 }
+FLAGS = frozenset(name for name, (parse, _) in OPTIONS.items() if parse is _flag)
+"""Options that are switches: ``--strict`` alone means on."""
 assert list(OPTIONS) == [f.name for f in fields(Settings)]
 
 
@@ -127,7 +201,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
         shown = ",".join(default) if isinstance(default, tuple) else default
-        if name == "strict":
+        if name in FLAGS:
             parser.add_argument(flag, action="store_const", const="true", default=None,
                                 help=f"{help_text} [env {env_name(name)}]")
             continue
@@ -153,14 +227,3 @@ def settings_from(args: argparse.Namespace | Mapping[str, Any], environ: Mapping
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from None
     return Settings(**values)
-
-
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-
-

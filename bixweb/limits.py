@@ -45,3 +45,43 @@ class InboundLimiter:
             return "ok"
         self.denied += 1
         return "close" if self.denied > self.bucket.burst else "refuse"
+
+
+class ConnectionLimits:
+    """Open sockets per client address and in total.
+
+    :meth:`admit` answers ``None`` (counted in: call :meth:`release` when the
+    socket ends), ``"client"`` (that address has its share) or ``"total"``
+    (the server is full). A limit of 0 is no limit.
+    """
+
+    __slots__ = ("per_client", "total", "open", "_by_client")
+
+    def __init__(self, *, total: int, per_client: int) -> None:
+        self.total = total
+        self.per_client = per_client
+        self.open = 0
+        self._by_client: dict[str, int] = {}
+
+    def admit(self, client: str) -> Literal["client", "total"] | None:
+        if self.total and self.open >= self.total:
+            return "total"
+        held = self._by_client.get(client, 0)
+        if self.per_client and held >= self.per_client:
+            return "client"
+        self.open += 1
+        self._by_client[client] = held + 1
+        return None
+
+    def release(self, client: str) -> None:
+        held = self._by_client.get(client, 0)
+        if held <= 0:
+            return
+        self.open -= 1
+        if held == 1:
+            del self._by_client[client]
+        else:
+            self._by_client[client] = held - 1
+
+    def held_by(self, client: str) -> int:
+        return self._by_client.get(client, 0)

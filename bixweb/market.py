@@ -6,6 +6,11 @@ its ``seq``. It does no I/O and never reads the clock: the caller passes
 ``now_ms``. Within one :meth:`Market.apply` call (one flush window) a
 symbol's ticker and each forming candle are reported once, at their latest
 value; trades, books and closed candles are reported as they come.
+
+Tickers and candles are derived from trades, unless the feed sends the
+exchange's own: a :class:`~bixweb.model.TickerStats` replaces the derived
+24 h statistics, a :class:`~bixweb.model.CandleUpdate` the derived candle of
+its interval and start. Either way the same messages come out.
 """
 
 from __future__ import annotations
@@ -23,9 +28,12 @@ from bixweb.model import (
     TRADES,
     Book,
     Candle,
+    CandleUpdate,
+    History,
     Interval,
     MarketEvent,
     Ticker,
+    TickerStats,
     Trade,
     stream_key,
 )
@@ -101,6 +109,8 @@ class SymbolState:
     closed: dict[Interval, deque[Candle]] = field(init=False)
     forming: dict[Interval, Candle | None] = field(init=False)
     window: _Window = field(default_factory=_Window)
+    stats: TickerStats | None = None
+    """The exchange's own 24 h statistics, when the feed sends them."""
 
     def __post_init__(self) -> None:
         self.trades = deque(maxlen=self.trade_history)
@@ -118,8 +128,15 @@ class SymbolState:
     def has_price(self) -> bool:
         return self.price > 0.0
 
+    def set_price(self, price: float) -> None:
+        if price != self.price:
+            self.direction = "up" if price > self.price else "down"
+        self.price = price
+
     def ticker(self) -> Ticker:
-        """The ticker now: the closed-minute window plus the forming minute."""
+        """The ticker now: the exchange's statistics, else the closed-minute window plus the forming minute."""
+        if self.stats is not None:
+            return self._exchange_ticker(self.stats)
         w = self.window
         minute = self.forming[Interval.M1]
         if w.open:
@@ -145,6 +162,31 @@ class SymbolState:
             quote_volume=round(quote, 2),
             time=self.time,
         )
+
+    def _exchange_ticker(self, stats: TickerStats) -> Ticker:
+        # Trades arrive between two statistics updates: the range stretches
+        # to hold the last price, so that low <= price <= high always.
+        price = self.price
+        book = self.book
+        return Ticker(
+            symbol=self.symbol,
+            price=price,
+            bid=book.best_bid if book else stats.bid,
+            ask=book.best_ask if book else stats.ask,
+            open=stats.open,
+            high=max(stats.high, price),
+            low=min(stats.low, price) if stats.low > 0 else price,
+            volume=stats.volume,
+            quote_volume=stats.quote_volume,
+            time=self.time,
+        )
+
+    def add_stats(self, stats: TickerStats) -> None:
+        """Take the exchange's 24 h statistics; their last price wins unless a trade is newer."""
+        self.stats = stats
+        if stats.price > 0 and (not self.has_price or stats.time >= self.time):
+            self.set_price(stats.price)
+        self.time = max(self.time, stats.time)
 
     def candles(self, interval: Interval, limit: int) -> list[Candle]:
         """The last ``limit`` candles of ``interval``, oldest first, the forming one last."""
@@ -172,6 +214,12 @@ class SymbolState:
         )
 
     def load_history(self, minutes: Sequence[Candle], now_ms: int) -> None:
+        """Take the closed minutes before the feed started.
+
+        The 24 h window is reckoned from when the history was sent: now, or,
+        for a recorded history replayed later, the minute after its last
+        candle (a feed sends its history within that minute).
+        """
         m1 = self.closed[Interval.M1]
         m1.extend(minutes)
         for interval in (Interval.M5, Interval.H1):
@@ -179,21 +227,35 @@ class SymbolState:
             for minute in minutes:
                 groups.setdefault(interval.start_of(minute.start), []).append(minute)
             self.closed[interval].extend(_aggregate(start, group) for start, group in sorted(groups.items()))
+        as_of = now_ms
         if minutes:
             self.price = minutes[-1].close
             self.time = minutes[-1].start + Interval.M1.value - 1
-        self.recompute_window(now_ms)
+            as_of = min(now_ms, minutes[-1].start + 2 * Interval.M1.value)
+        self.recompute_window(as_of)
+
+    def _is_past(self, interval: Interval, start: int) -> bool:
+        """Whether the candle starting at ``start`` is older than the forming one, or closed already."""
+        current = self.forming[interval]
+        if current is not None:
+            return start < current.start
+        closed = self.closed[interval]
+        return bool(closed) and start <= closed[-1].start
 
     def add_trade(self, trade: Trade) -> list[tuple[Interval, Candle]]:
-        """Apply a trade; return the candles it closed."""
-        if trade.price != self.price:
-            self.direction = "up" if trade.price > self.price else "down"
-        self.price = trade.price
-        self.time = trade.time
+        """Apply a trade; return the candles it closed.
+
+        A trade that belongs to a candle already closed (it arrived after the
+        exchange's closed candle, which counts it) leaves the candles alone.
+        """
+        self.set_price(trade.price)
+        self.time = max(self.time, trade.time)
         self.trades.append(trade)
         closed: list[tuple[Interval, Candle]] = []
         for interval in Interval:
             start = interval.start_of(trade.time)
+            if self._is_past(interval, start):
+                continue
             current = self.forming[interval]
             if current is not None and current.start != start:
                 done = replace(current, closed=True)
@@ -206,6 +268,38 @@ class SymbolState:
         if any(interval is Interval.M1 for interval, _ in closed):
             self.recompute_window(trade.time)
         return closed
+
+    def set_candle(self, interval: Interval, candle: Candle) -> list[Candle]:
+        """Take the exchange's candle of ``interval``; return the closed candles to report.
+
+        A candle newer than the forming one closes that one first; one with
+        the same start replaces it (and closes it, if the exchange says so);
+        a closed candle for the last closed start corrects it. Older updates
+        change nothing.
+        """
+        reported: list[Candle] = []
+        closed = self.closed[interval]
+        current = self.forming[interval]
+        if current is not None and candle.start > current.start:
+            done = replace(current, closed=True)
+            closed.append(done)
+            reported.append(done)
+            current = self.forming[interval] = None
+        if current is None and closed and candle.start <= closed[-1].start:
+            if candle.closed and candle.start == closed[-1].start and candle != closed[-1]:
+                closed[-1] = candle
+                reported.append(candle)
+        elif current is not None and candle.start < current.start:
+            pass
+        elif candle.closed:
+            closed.append(candle)
+            self.forming[interval] = None
+            reported.append(candle)
+        else:
+            self.forming[interval] = candle
+        if interval is Interval.M1 and reported:
+            self.recompute_window(reported[-1].start + interval.value)
+        return reported
 
 
 class Market:
@@ -275,7 +369,8 @@ class Market:
             if state is None:
                 continue
             self.last_event_ms = now_ms
-            touched[event.symbol] = None
+            if not isinstance(event, CandleUpdate) or state.stats is None:
+                touched[event.symbol] = None  # an exchange's candle changes no exchange ticker
             if isinstance(event, Trade):
                 for interval, candle in state.add_trade(event):
                     self._candle(out, event.symbol, interval, candle, now_ms)
@@ -287,8 +382,15 @@ class Market:
                 state.time = max(state.time, event.time)
                 stream, seq = self._next_seq(BOOK, event.symbol)
                 self._record(out, stream, protocol.book_message(event, seq, now_ms, self.epoch), conflate=True)
-            else:
+            elif isinstance(event, History):
                 state.load_history(event.minutes, now_ms)
+            elif isinstance(event, TickerStats):
+                state.add_stats(event)
+            else:
+                state.time = max(state.time, event.time)
+                for candle in state.set_candle(event.interval, event.candle):
+                    self._candle(out, event.symbol, event.interval, candle, now_ms)
+                forming[(event.symbol, event.interval)] = None
         for symbol, interval in forming:
             latest = self.states[symbol].forming[interval]
             if latest is not None:

@@ -3,6 +3,12 @@
 Prices and quantities are floats already rounded to the symbol's tick and lot
 size by whoever produced them (the feed); bixweb never does arithmetic on a
 price that is sent on without rounding it again.
+
+A feed reports :data:`MarketEvent` values. Every feed sends trades and books;
+the simulated market sends its past as :class:`History` and leaves the market
+to derive tickers and candles from trades; an exchange also sends its own
+24 h statistics (:class:`TickerStats`) and candles (:class:`CandleUpdate`),
+which the market takes over its own estimates.
 """
 
 from __future__ import annotations
@@ -138,4 +144,47 @@ class History:
     minutes: tuple[Candle, ...]
 
 
-MarketEvent = Trade | Book | History
+@dataclass(frozen=True, slots=True)
+class TickerStats:
+    """An exchange's own rolling 24 h statistics of a symbol, as of ``time``.
+
+    They count every trade of the day, also those before bixweb connected,
+    so the market prefers them to the statistics it derives from trades.
+    """
+
+    symbol: str
+    price: float
+    """Last trade price."""
+    bid: float
+    ask: float
+    open: float
+    high: float
+    low: float
+    volume: float
+    """In the base asset."""
+    quote_volume: float
+    time: int
+
+
+@dataclass(frozen=True, slots=True)
+class CandleUpdate:
+    """An exchange's own candle of one interval, forming or closed, as of ``time``.
+
+    It replaces the candle the market derived from trades for the same
+    interval and start: the exchange saw every trade in it.
+    """
+
+    symbol: str
+    interval: Interval
+    candle: Candle
+    time: int
+
+
+MarketEvent = Trade | Book | History | TickerStats | CandleUpdate
+
+
+def event_time(event: MarketEvent) -> int | None:
+    """The market time an event reports, if it reports one (a :class:`History` does not)."""
+    if isinstance(event, History):
+        return None
+    return event.time

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bixweb import protocol
 from tests.browser import ARTIFACTS, launch
+from tests.nginx import NginxProxy
 from tests.support import ServerProcess
 
 
@@ -30,6 +32,21 @@ def server_process() -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def nginx_proxy(tmp_path: Path) -> Iterator[Callable[..., NginxProxy]]:
+    """Start real nginx (TLS, the shipped template) in front of a server port; every one is stopped after the test."""
+    started: list[NginxProxy] = []
+
+    def start(upstream_port: int, *, proxy_read_timeout: str = "60s") -> NginxProxy:
+        proxy = NginxProxy(tmp_path / f"nginx-{len(started)}", upstream_port, proxy_read_timeout=proxy_read_timeout)
+        started.append(proxy)
+        return proxy.start()
+
+    yield start
+    for proxy in started:
+        proxy.stop()
 
 
 @pytest.fixture

@@ -24,8 +24,9 @@ LISTENING = re.compile(rb"listening on http://(\[[^\]]+\]|[^:/\s]+):(\d+)/")
 
 
 def server_command(*, rate: float, symbols: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
-    """The command line of the server child."""
+    """The command line of the server child; every load client comes from loopback, so no connection limits."""
     return [sys.executable, "-m", "bixweb", "--host", "127.0.0.1", "--port", "0",
+            "--max-connections", "0", "--max-connections-per-client", "0",
             "--tick-rate", f"{rate:g}", "--symbols", ",".join(symbols), *extra]
 
 

@@ -73,6 +73,7 @@ import inspect
 import itertools
 import logging
 import random
+import ssl as ssl_module
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -150,6 +151,11 @@ class WebSocketClient:
     ``heartbeat`` (seconds between client pings; ``None``: only answer the
     server's), ``max_message_size`` of a server frame, and ``rng`` to make the
     jitter reproducible.
+
+    Servers that require a token get it as ``Authorization: Bearer <token>``
+    (``token``). For ``wss://`` URLs ``ssl`` is passed to aiohttp: ``True``
+    verifies against the system's CAs, an ``SSLContext`` against yours.
+    ``compress`` offers permessage-deflate, which the server may accept.
     """
 
     def __init__(
@@ -170,6 +176,9 @@ class WebSocketClient:
         max_message_size: int = 64 * 1024 * 1024,
         callbacks: Iterable[Callback] = (),
         rng: random.Random | None = None,
+        token: str | None = None,
+        ssl: ssl_module.SSLContext | bool = True,
+        compress: bool = False,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
@@ -190,6 +199,9 @@ class WebSocketClient:
         self.connect_timeout = connect_timeout
         self.heartbeat = heartbeat
         self.max_message_size = max_message_size
+        self.token = token
+        self.ssl = ssl
+        self.compress = compress
         self.callbacks: list[Callback] = list(callbacks)
         """Called with every message, in order; exceptions are logged and ignored."""
         self.view = MarketView()
@@ -565,7 +577,9 @@ class WebSocketClient:
         url = self._target()
         async with asyncio.timeout(self.connect_timeout):
             ws = await self._session.ws_connect(
-                url, heartbeat=self.heartbeat, max_msg_size=self.max_message_size, decode_text=False
+                url, heartbeat=self.heartbeat, max_msg_size=self.max_message_size, decode_text=False,
+                headers={"Authorization": f"Bearer {self.token}"} if self.token else None,
+                ssl=self.ssl, compress=15 if self.compress else 0,
             )
         self._ws = ws
         self.connections += 1

@@ -16,14 +16,16 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from bixweb import protocol
+from bixweb.access import Tokens, networks
 from bixweb.config import Settings
 from bixweb.dashboard import Dashboard, join_fragments
 from bixweb.errors import ConfigError
 from bixweb.feeds import Feed, open_feed
 from bixweb.hub import Hub
+from bixweb.limits import ConnectionLimits
 from bixweb.market import Market
 from bixweb.render import Renderer, environment
-from bixweb.web import pages
+from bixweb.web import gate, metrics, pages
 from bixweb.web.bot import bot_socket
 from bixweb.web.connection import CLOSE_RESTART
 from bixweb.web.service import SERVICE, Service, now_ms
@@ -104,6 +106,7 @@ async def background(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(pump(service, app[FEED]), name="feed"),
         asyncio.create_task(broadcast_status(service), name="status"),
         asyncio.create_task(refresh_dashboards(service), name="dashboards"),
+        asyncio.create_task(metrics.watch_loop_lag(service), name="loop-lag"),
     ]
     yield
     for task in tasks:
@@ -114,11 +117,36 @@ async def background(app: web.Application) -> AsyncIterator[None]:
 
 
 async def close_sockets(app: web.Application) -> None:
-    """On shutdown: every socket gets 1012 (service restart), so clients reconnect."""
-    connections = list(app[SERVICE].connections)
+    """On shutdown: every socket gets 1012 (service restart), so bots and dashboards reconnect.
+
+    Waits at most ``shutdown_timeout`` for the closing handshakes; aiohttp then
+    drops whatever is left.
+    """
+    service = app[SERVICE]
+    service.shutting_down = True
+    connections = list(service.connections)
+    log.info("closing %d sockets with %d", len(connections), CLOSE_RESTART)
     for conn in connections:
         conn.close_soon(CLOSE_RESTART, "server restart")
-    await asyncio.gather(*(conn.wait_closed() for conn in connections), return_exceptions=True)
+    closing = asyncio.gather(*(conn.wait_closed() for conn in connections), return_exceptions=True)
+    try:
+        async with asyncio.timeout(service.settings.shutdown_timeout):
+            await closing
+    except TimeoutError:
+        log.warning("shutdown: %d sockets did not finish closing in time", len(service.connections))
+
+
+def announce_access(settings: Settings, tokens: Tokens) -> None:
+    """Say at start-up who may use the bot socket."""
+    if tokens:
+        log.info("bot socket /ws: bearer token required (%d configured)", len(tokens))
+    elif settings.open_bots:
+        log.warning("bot socket /ws: open to every address without a token (--open-bots)")
+    else:
+        log.warning("bot socket /ws: no tokens configured, so it serves loopback clients only "
+                    "(set BIXWEB_TOKENS or --token-file to serve others)")
+    if settings.trusted_proxies:
+        log.info("trusting X-Forwarded-For/-Proto from %s", ", ".join(settings.trusted_proxies))
 
 
 def create_app(settings: Settings | None = None, *, feed: Feed | None = None) -> web.Application:
@@ -144,22 +172,31 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
         replay_depth=settings.replay_depth,
         epoch=now_ms(),
     )
+    tokens = Tokens.load(settings.tokens, settings.token_file)
     ui_hub = Hub(join=join_fragments)
     watchlist = settings.watchlist or settings.symbols[:6]
-    app = web.Application()
-    app[SERVICE] = Service(
+    service = Service(
         settings=settings,
         market=market,
         hub=Hub(strict=settings.strict),
         ui_hub=ui_hub,
         dashboard=Dashboard(market, Renderer(env, chart_points=settings.history_points), ui_hub, watchlist=watchlist),
+        limits=ConnectionLimits(total=settings.max_connections, per_client=settings.max_connections_per_client),
+        tokens=tokens,
+        trusted_proxies=networks(settings.trusted_proxies),
     )
+    announce_access(settings, tokens)
+    app = web.Application(middlewares=[gate.trust_forwarded(service)] if settings.trusted_proxies else [])
+    app[SERVICE] = service
+    app[metrics.REGISTRY] = metrics.registry_for(service)
     app[FEED] = feed
     app[aiohttp_jinja2.APP_KEY] = env
     app.router.add_get("/", dashboard_page, name="dashboard")
     app.router.add_get("/ws/ui", ui_socket, name="ui_socket")
     app.router.add_get("/vendor/{name:.+}", pages.vendor_file, name="vendor")
     app.router.add_get("/ws", bot_socket, name="bot_socket")
+    app.router.add_get("/healthz", metrics.healthz, name="healthz")
+    app.router.add_get("/metrics", metrics.metrics, name="metrics")
     app.router.add_get("/schemas/", pages.schema_index, name="schemas")
     app.router.add_get("/schemas/{name:.+\\.json}", pages.schema_file, name="schema")
     app.router.add_static("/static/", protocol.ROOT / "static", name="static")

@@ -12,7 +12,9 @@ from bixweb import __version__, protocol
 from bixweb.errors import ProtocolError
 from bixweb.hub import Outbox
 from bixweb.limits import InboundLimiter
+from bixweb.logs import event
 from bixweb.model import CHANNELS, TICKER, stream_key
+from bixweb.web import gate
 from bixweb.web.connection import CLOSE_POLICY, Connection
 from bixweb.web.service import SERVICE, Service, now_ms
 
@@ -95,7 +97,7 @@ class BotSession:
         try:
             verdict = self.limiter.check(time.monotonic())
             if verdict == "close":
-                log.warning("flood kind=bot session=%s peer=%s: closing", self.conn.session, self.conn.peer)
+                event(log, logging.WARNING, "flood", kind="bot", session=self.conn.session, peer=self.conn.peer)
                 self.conn.close_soon(CLOSE_POLICY, "too many messages")
                 return
             if verdict == "refuse":
@@ -104,10 +106,8 @@ class BotSession:
                 raise ProtocolError("binary_not_supported", "send JSON in text frames")
             self.handle(protocol.parse_client_message(frame))
         except ProtocolError as exc:
-            log.info(
-                "refused session=%s peer=%s code=%s path=%s",
-                self.conn.session, self.conn.peer, exc.code, exc.path or "-",
-            )
+            event(log, logging.INFO, "refused_message", kind="bot", session=self.conn.session, peer=self.conn.peer,
+                  code=exc.code, path=exc.path)
             self.send(protocol.error_message(now_ms(), exc))
         except Exception:  # a bug must cost one answer, not the connection or the server
             log.exception("internal error session=%s peer=%s", self.conn.session, self.conn.peer)
@@ -164,13 +164,23 @@ class BotSession:
 
 async def bot_socket(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
+    refused = gate.bot_access(request, service) or gate.admit(request, service, "bot")
+    if refused is not None:
+        return refused
+    try:
+        return await _serve(request, service)
+    finally:
+        gate.release(request, service)
+
+
+async def _serve(request: web.Request, service: Service) -> web.StreamResponse:
     settings = service.settings
     try:
         streams = initial_streams(request.query, service.market.symbols, settings.max_subscriptions)
     except ProtocolError as exc:
         return web.json_response({"code": exc.code, "message": exc.message, "path": exc.path}, status=400)
     ws = web.WebSocketResponse(
-        heartbeat=settings.heartbeat, max_msg_size=settings.max_message_bytes, compress=False
+        heartbeat=settings.heartbeat, max_msg_size=settings.max_message_bytes, compress=settings.bot_compression
     )
     if not ws.can_prepare(request).ok:
         return web.json_response(
@@ -182,27 +192,27 @@ async def bot_socket(request: web.Request) -> web.StreamResponse:
         ws, request, kind="bot",
         outbox=Outbox(max_messages=settings.outbox_messages, max_bytes=settings.outbox_bytes),
     )
-    service.connections.add(conn)
+    service.opened(conn)
     session = BotSession(service, conn, streams)
     session.start()  # the snapshot is queued where the subscription starts: no update can come between
     try:
         await ws.send_frame(session.welcome(), WSMsgType.TEXT)  # first and alone; the writer starts after it
     except ConnectionError:
         session.close()
-        service.connections.discard(conn)
+        service.closed(conn, ws.close_code)
         return ws
     conn.start()
-    log.info("connected kind=bot session=%s peer=%s streams=%d", conn.session, conn.peer, len(streams))
+    event(log, logging.INFO, "connected", kind="bot", session=conn.session, peer=conn.peer, streams=len(streams),
+          compressed=bool(ws.compress))
     try:
         async for msg in ws:
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 session.receive(msg.data)
     finally:
         session.close()
-        service.closed(conn)
+        code = conn.close_code or ws.close_code
+        service.closed(conn, code)
         await conn.stop()
-        log.info(
-            "disconnected kind=bot session=%s peer=%s code=%s reason=%s frames=%d",
-            conn.session, conn.peer, conn.close_code or ws.close_code, conn.close_reason or "-", conn.frames_sent,
-        )
+        event(log, logging.INFO, "disconnected", kind="bot", session=conn.session, peer=conn.peer, code=code,
+              reason=conn.close_reason, frames=conn.frames_sent, bytes=conn.bytes_sent)
     return ws

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from aiohttp import WSMsgType, web
 
 from bixweb.hub import Outbox, Part
+from bixweb.logs import event
 
 log = logging.getLogger("bixweb.connection")
 
@@ -82,8 +83,14 @@ class Connection:
         self.close_code: int | None = None
         """The code this side closed with, if it did."""
         self.frames_sent = 0
+        self.bytes_sent = 0
+        """Payload bytes written (before compression, if the peer negotiated it)."""
+        self.messages_sent = 0
+        """Messages handed to this peer, alone or in batches (conflated ones included)."""
         self.slow_consumer = False
         self._transport: asyncio.Transport | None = None
+        """Set while frames may skip the outbox (started, and not compressed)."""
+        self._started = False
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
 
@@ -96,8 +103,13 @@ class Connection:
         return self.close_reason is not None
 
     def start(self) -> None:
-        """From now on frames flow: directly while the peer keeps up, through the writer when not."""
-        self._transport = self.request.transport
+        """From now on frames flow: directly while the peer keeps up, through the writer when not.
+
+        A peer that negotiated permessage-deflate always goes through the writer,
+        where aiohttp compresses each frame for it.
+        """
+        self._started = True
+        self._transport = None if self.ws.compress else self.request.transport
         if self.outbox:
             self._wake_writer()
 
@@ -111,6 +123,7 @@ class Connection:
         """
         if self.close_reason is not None:
             return
+        self.messages_sent += len(parts)
         transport = self._transport
         # no writer task means the outbox is empty (it runs until it is)
         if (
@@ -121,23 +134,23 @@ class Connection:
         ):
             transport.write(_Wire.of(frame))
             self.frames_sent += 1
+            self.bytes_sent += len(frame)
             return
         self._queued(self.outbox.put_frame(frame, parts))
 
     def send(self, data: bytes) -> None:
         """Queue one message that must arrive: a reply, a snapshot, a page."""
         if self.close_reason is None:
+            self.messages_sent += 1
             self._queued(self.outbox.put(data))
 
     def _queued(self, within_bounds: bool) -> None:
         if within_bounds:
-            if self._writer is None and self._transport is not None:
+            if self._writer is None and self._started:
                 self._wake_writer()
             return
-        log.warning(
-            "slow consumer kind=%s session=%s peer=%s queued=%d bytes=%d",
-            self.kind, self.session, self.peer, len(self.outbox), self.outbox.size,
-        )
+        event(log, logging.WARNING, "slow_consumer", kind=self.kind, session=self.session, peer=self.peer,
+              queued=len(self.outbox), queued_bytes=self.outbox.size)
         self.slow_consumer = True
         self.close_soon(self.overflow_code, "slow consumer")
 
@@ -155,6 +168,7 @@ class Connection:
             while (frame := outbox.take()) is not None:
                 await ws.send_frame(frame, WSMsgType.TEXT)  # waits while the peer's buffer is full
                 self.frames_sent += 1
+                self.bytes_sent += len(frame)
         except (ConnectionError, RuntimeError):
             pass  # the peer went away; the handler's receive loop sees the close
         finally:

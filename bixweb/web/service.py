@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from bixweb.access import Network, Tokens
 from bixweb.config import Settings
 from bixweb.dashboard import Dashboard
 from bixweb.hub import Hub
+from bixweb.limits import ConnectionLimits
 from bixweb.market import Market
 from bixweb.web.connection import Connection
 
@@ -32,10 +34,18 @@ class Service:
     dashboard: Dashboard
     started: float = field(default_factory=time.monotonic)
     feed_down: bool = False
+    limits: ConnectionLimits = field(default_factory=lambda: ConnectionLimits(total=0, per_client=0))
+    tokens: Tokens = field(default_factory=lambda: Tokens(()))
+    trusted_proxies: tuple[Network, ...] = ()
     counters: Counter[str] = field(default_factory=Counter)
-    """Events worth counting: ``slow_consumer_closes``, ``conflated`` (state messages replaced unsent)."""
+    """Events worth counting, by name: ``slow_consumer_closes``, ``conflated`` (state messages
+    replaced unsent), ``refused:<reason>``, ``opened:<kind>``, ``closed:<kind>:<code>``, and the
+    totals of closed connections, ``frames_sent:<kind>``, ``messages_sent:<kind>``, ``bytes_sent:<kind>``."""
     connections: set[Connection] = field(default_factory=set)
     """Open sockets of every kind; each handler adds its own and removes it when done."""
+    shutting_down: bool = False
+    loop_lag: float = 0.0
+    """Seconds the event loop was late at its last check."""
 
     def feed_state(self, now: int) -> str:
         """``live``, ``stale`` (nothing for ``stale_after`` seconds) or ``down``."""
@@ -46,12 +56,21 @@ class Service:
             return "stale"
         return "live"
 
-    def closed(self, conn: Connection) -> None:
+    def opened(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        self.counters[f"opened:{conn.kind}"] += 1
+
+    def closed(self, conn: Connection, code: int | None) -> None:
         """Forget a connection that has ended, counting what happened to it."""
         self.connections.discard(conn)
-        self.counters["conflated"] += conn.outbox.conflated
+        counters = self.counters
+        counters["conflated"] += conn.outbox.conflated
+        counters[f"frames_sent:{conn.kind}"] += conn.frames_sent
+        counters[f"messages_sent:{conn.kind}"] += conn.messages_sent
+        counters[f"bytes_sent:{conn.kind}"] += conn.bytes_sent
+        counters[f"closed:{conn.kind}:{code if code is not None else 'none'}"] += 1
         if conn.slow_consumer:
-            self.counters["slow_consumer_closes"] += 1
+            counters["slow_consumer_closes"] += 1
 
     @property
     def uptime_s(self) -> float:

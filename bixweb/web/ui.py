@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from urllib.parse import urlsplit
 
 import aiohttp_jinja2
 from aiohttp import WSMsgType, web
@@ -21,7 +20,9 @@ from bixweb.dashboard import apply_action, join_fragments, parse_action
 from bixweb.errors import ProtocolError
 from bixweb.hub import Outbox
 from bixweb.limits import InboundLimiter
+from bixweb.logs import event
 from bixweb.render import Status
+from bixweb.web import gate
 from bixweb.web.connection import CLOSE_POLICY, CLOSE_TRY_AGAIN, Connection
 from bixweb.web.service import SERVICE, Service, now_ms
 
@@ -37,14 +38,6 @@ def current_status(service: Service) -> Status:
     return Status(feed=service.feed_state(now), clients=len(service.connections), now_ms=now)
 
 
-def same_origin(request: web.Request) -> bool:
-    """A browser's socket must come from a page of this host; non-browsers send no Origin."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    return urlsplit(origin).netloc.lower() == request.host.lower()
-
-
 async def dashboard_page(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     page = secrets.token_urlsafe(PAGE_ID_BYTES)
@@ -52,7 +45,7 @@ async def dashboard_page(request: web.Request) -> web.Response:
     context = service.dashboard.page_context(view, current_status(service))
     context.update(
         version=__version__,
-        socket_url=f"/ws/ui?page={page}",
+        socket_url=socket_url(request, page),
         reconnect_ms=RECONNECT_MS,
         reconnect_max_ms=RECONNECT_MAX_MS,
     )
@@ -61,16 +54,40 @@ async def dashboard_page(request: web.Request) -> web.Response:
     return response
 
 
+def socket_url(request: web.Request, page: str) -> str:
+    """Where the page's socket connects.
+
+    A request known to be https (directly, or by a trusted proxy's
+    ``X-Forwarded-Proto``) gets an explicit ``wss://`` URL on its host; other
+    pages get a relative one, which htmx resolves against the page's own
+    scheme (so an https page still uses ``wss://``).
+    """
+    path = f"/ws/ui?page={page}"
+    return f"wss://{request.host}{path}" if request.scheme == "https" else path
+
+
 async def ui_socket(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
-    settings = service.settings
-    if not same_origin(request):
-        log.warning("refused kind=ui peer=%s: foreign origin", request.remote)
-        raise web.HTTPForbidden(text="foreign origin")
+    refused = gate.ui_access(request, service)
+    if refused is not None:
+        return refused
     page = request.query.get("page", "")
     if not 8 <= len(page) <= 64 or not page.replace("-", "").replace("_", "").isalnum():
         raise web.HTTPBadRequest(text="a dashboard socket needs ?page=<id> from the page")
-    ws = web.WebSocketResponse(heartbeat=settings.heartbeat, max_msg_size=settings.max_message_bytes, compress=False)
+    refused = gate.admit(request, service, "ui")
+    if refused is not None:
+        return refused
+    try:
+        return await _serve(request, service, page)
+    finally:
+        gate.release(request, service)
+
+
+async def _serve(request: web.Request, service: Service, page: str) -> web.StreamResponse:
+    settings = service.settings
+    ws = web.WebSocketResponse(
+        heartbeat=settings.heartbeat, max_msg_size=settings.max_message_bytes, compress=settings.ui_compression
+    )
     if not ws.can_prepare(request).ok:
         raise web.HTTPUpgradeRequired(headers={"Upgrade": "websocket"}, text="this is a WebSocket endpoint")
     await ws.prepare(request)
@@ -80,19 +97,20 @@ async def ui_socket(request: web.Request) -> web.StreamResponse:
         ws, request, kind="ui", overflow_code=CLOSE_TRY_AGAIN,
         outbox=Outbox(max_messages=settings.outbox_messages, max_bytes=settings.outbox_bytes, join=join_fragments),
     )
-    service.connections.add(conn)
+    service.opened(conn)
     conn.start()
     service.ui_hub.add(conn, view.fragments())
     conn.send(dashboard.page_frame(view, current_status(service)))
     limiter = InboundLimiter(settings.max_messages_per_s, time.monotonic())
-    log.info("connected kind=ui session=%s peer=%s", conn.session, conn.peer)
+    event(log, logging.INFO, "connected", kind="ui", session=conn.session, peer=conn.peer,
+          compressed=bool(ws.compress))
     try:
         async for msg in ws:
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 continue
             verdict = limiter.check(time.monotonic())
             if verdict == "close":
-                log.warning("flood kind=ui session=%s peer=%s: closing", conn.session, conn.peer)
+                event(log, logging.WARNING, "flood", kind="ui", session=conn.session, peer=conn.peer)
                 conn.close_soon(CLOSE_POLICY, "too many messages")
                 continue
             if verdict == "refuse":
@@ -100,8 +118,8 @@ async def ui_socket(request: web.Request) -> web.StreamResponse:
             try:
                 view = apply_action(view, parse_action(msg.data), dashboard.market.symbols)
             except ProtocolError as exc:
-                log.info("refused kind=ui session=%s peer=%s code=%s path=%s",
-                         conn.session, conn.peer, exc.code, exc.path or "-")
+                event(log, logging.INFO, "refused_message", kind="ui", session=conn.session, peer=conn.peer,
+                      code=exc.code, path=exc.path)
                 conn.send(dashboard.renderer.notice(exc.message).encode())
                 continue
             dashboard.pages.put(page, view)
@@ -109,9 +127,9 @@ async def ui_socket(request: web.Request) -> web.StreamResponse:
             conn.send(dashboard.page_frame(view, current_status(service)))
     finally:
         service.ui_hub.remove(conn)
-        service.closed(conn)
+        code = conn.close_code or ws.close_code
+        service.closed(conn, code)
         await conn.stop()
-        log.info("disconnected kind=ui session=%s peer=%s code=%s reason=%s frames=%d",
-                 conn.session, conn.peer, conn.close_code or ws.close_code, conn.close_reason or "-",
-                 conn.frames_sent)
+        event(log, logging.INFO, "disconnected", kind="ui", session=conn.session, peer=conn.peer, code=code,
+              reason=conn.close_reason, frames=conn.frames_sent, bytes=conn.bytes_sent)
     return ws

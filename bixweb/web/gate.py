@@ -1,0 +1,101 @@
+"""Before the upgrade: who the client is, whether it may connect, and whether there is room.
+
+Every refusal is an HTTP answer before the WebSocket exists (no 101), with
+a JSON body ``{"code", "message"}``, a counter and one log line without
+anything the client sent:
+
+======  ===============================  =========================================
+status  code                             when
+======  ===============================  =========================================
+401     ``unauthorized``                 bot socket with tokens on, none presented
+401     ``invalid_token``                a token that is not one of ours
+403     ``loopback_only``                no tokens configured, client not on loopback
+403     ``forbidden_origin``             dashboard socket from a page of another origin
+429     ``too_many_connections``         the client address holds its share of sockets
+503     ``server_full``                  every socket the server allows is taken
+======  ===============================  =========================================
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from bixweb.access import forwarded, is_loopback, origin_allowed, presented_token
+from bixweb.logs import event
+from bixweb.web.service import Service
+
+log = logging.getLogger("bixweb.gate")
+
+RETRY_AFTER_S = 5
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def trust_forwarded(service: Service) -> Middleware:
+    """Middleware: requests from a trusted proxy take their client address and scheme from its headers."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        found = forwarded(request.remote, request.headers, service.trusted_proxies)
+        if found.client != request.remote or found.scheme is not None:
+            request = request.clone(remote=found.client, scheme=found.scheme or request.scheme)
+        return await handler(request)
+
+    return middleware
+
+
+def refuse(
+    request: web.Request, service: Service, *, kind: str, status: int, code: str, message: str,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    service.counters[f"refused:{code}"] += 1
+    event(log, logging.WARNING, "refused", kind=kind, peer=request.remote, status=status, code=code)
+    return web.json_response({"code": code, "message": message}, status=status, headers=headers)
+
+
+def bot_access(request: web.Request, service: Service) -> web.Response | None:
+    """Tokens when configured; otherwise loopback clients only, unless ``--open-bots``."""
+    tokens = service.tokens
+    if tokens:
+        presented = presented_token(request.headers, request.query)
+        if presented is None:
+            return refuse(request, service, kind="bot", status=401, code="unauthorized",
+                          message="this socket needs a token: Authorization: Bearer <token>",
+                          headers={"WWW-Authenticate": 'Bearer realm="bixweb"'})
+        if not tokens.accepts(presented):
+            return refuse(request, service, kind="bot", status=401, code="invalid_token",
+                          message="the token is not valid",
+                          headers={"WWW-Authenticate": 'Bearer realm="bixweb", error="invalid_token"'})
+        return None
+    if service.settings.open_bots or is_loopback(request.remote or ""):
+        return None
+    return refuse(request, service, kind="bot", status=403, code="loopback_only",
+                  message="without configured tokens the bot socket serves loopback clients only")
+
+
+def ui_access(request: web.Request, service: Service) -> web.Response | None:
+    """The page that opens a dashboard socket must be ours (or on the allowlist)."""
+    if origin_allowed(request.headers.get("Origin"), request.host, service.settings.allowed_origins):
+        return None
+    return refuse(request, service, kind="ui", status=403, code="forbidden_origin",
+                  message="this origin may not open the dashboard socket")
+
+
+def admit(request: web.Request, service: Service, kind: str) -> web.Response | None:
+    """Count the socket in, or refuse it for lack of room; :func:`release` when it ends."""
+    verdict = service.limits.admit(request.remote or "-")
+    if verdict is None:
+        return None
+    retry = {"Retry-After": str(RETRY_AFTER_S)}
+    if verdict == "client":
+        return refuse(request, service, kind=kind, status=429, code="too_many_connections",
+                      message=f"at most {service.limits.per_client} sockets per client address", headers=retry)
+    return refuse(request, service, kind=kind, status=503, code="server_full",
+                  message="the server has no room for another socket", headers=retry)
+
+
+def release(request: web.Request, service: Service) -> None:
+    service.limits.release(request.remote or "-")
