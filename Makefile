@@ -1,13 +1,14 @@
 # bixweb: `make run` starts the service, `make test` runs every check.
 # Both create .venv and install what they need (PyPI packages into .venv,
 # htmx from npm into node_modules). `make test` also installs Debian's
-# chromium with apt-get when it is missing, which needs root.
+# chromium, nginx (with envsubst from gettext-base) and redis-server with
+# apt-get when they are missing, which needs root.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
-APT_PACKAGES := chromium fonts-dejavu-core
+APT_PACKAGES := chromium fonts-dejavu-core nginx redis-server gettext-base
 
 .PHONY: run test lint typecheck pytest install install-test system-packages clean
 

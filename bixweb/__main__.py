@@ -57,10 +57,12 @@ def raise_open_files_limit() -> None:
 async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully."""
     from bixweb.web.app import create_app
+    from bixweb.web.gate import AccessLog
 
     app = create_app(settings)
     raise_open_files_limit()
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout,
+                           access_log_class=AccessLog)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
     await site.start()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from bixweb.client import WebSocketClient
 from tests.browser import ConsoleLog, screenshot_path
 from tests.support import ROOT, ServerProcess, free_port
 
@@ -82,18 +84,35 @@ async def test_adding_and_removing_a_watchlist_symbol_changes_the_ticker(browser
     assert log.errors == []
 
 
-async def test_status_follows_a_server_restart(browser: Any, server_process: Start) -> None:
+async def test_sigterm_closes_dashboard_and_bot_with_1012_and_both_come_back(
+    browser: Any, server_process: Start
+) -> None:
     port = free_port()
-    first = server_process("--port", str(port))
+    first = server_process("--port", str(port), "--shutdown-timeout", "3")
     page, _ = await open_page(browser, f"http://127.0.0.1:{port}/")
-    assert first.stop() == 0
+    bot = WebSocketClient(f"ws://127.0.0.1:{port}/ws?symbols=BTCUSDT", reconnect_initial=0.2, reconnect_max=0.5)
+    await bot.connect()
+    assert await bot.get_message(timeout=3) is not None
+    stopping = time.monotonic()
+    assert first.stop() == 0  # SIGTERM; exit status 0
+    assert time.monotonic() - stopping < 3 + 2, "the shutdown took longer than its bound"
+    log = first.output.decode()
+    assert re.search(r"disconnected kind=ui .*code=1012", log), log[-2000:]
+    assert re.search(r"disconnected kind=bot .*code=1012", log), log[-2000:]
     await page.locator(".conn-down").wait_for(state="visible", timeout=6_000)
     assert not await page.locator(".conn-up").is_visible()
+    assert bot.close_code == 1012  # what the bot saw
     server_process("--port", str(port), "--seed", "9")
     restarted = time.monotonic()
     await page.locator(".conn-up").wait_for(state="visible", timeout=5_000)
     assert time.monotonic() - restarted < 5.0
     await changes(lambda: page.locator("#ticker-BTCUSDT .price").get_attribute("data-price"), within=3.0)
+    deadline = time.monotonic() + 5
+    while bot.connections < 2 or not bot.is_connected:
+        assert time.monotonic() < deadline, "the bot did not reconnect"
+        await asyncio.sleep(0.1)
+    assert await bot.get_message(timeout=3) is not None
+    await bot.disconnect()
 
 
 async def test_phone_and_desktop_layouts_in_light_and_dark(browser: Any, server_process: Start) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -86,3 +87,52 @@ def test_bad_options_stop_start_up_with_a_clear_message(args: list[str], env: di
                             text=True, timeout=30, env={**os.environ, **env})
     assert result.returncode == 2
     assert expected in result.stderr and "Traceback" not in result.stderr
+
+
+TOKEN = "process-test-token-0123456789"
+
+
+async def test_json_logs_one_line_per_event_never_tokens_or_message_contents(server_process: Start) -> None:
+    server = server_process("--log-format", "json", env={"BIXWEB_TOKENS": TOKEN})
+    async with websockets.connect(server.url + "?channels=none",
+                                  additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+        await ws.recv()
+        await ws.send('{"type": "SECRET-CONTENT-123"}')
+        assert json.loads(await ws.recv())["type"] == "error"
+    async with websockets.connect(server.url + f"?channels=none&token={TOKEN}") as ws:
+        await ws.recv()
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(server.url + "?token=wrong-token-but-long-enough"):
+            pass
+    assert refused.value.response.status_code == 401
+    assert server.stop() == 0
+    text = server.output.decode()
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]  # every line is one JSON object
+    events = [line.get("event") for line in lines]
+    assert events.count("connected") == 2 and events.count("disconnected") == 2
+    assert "refused" in events and "refused_message" in events
+    assert any("bearer token required" in line.get("message", "") for line in lines)
+    requests = [line for line in lines if line.get("event") == "request"]
+    assert any(line["path"] == "/ws?channels=none&token=***" for line in requests)
+    for secret in (TOKEN, "wrong-token-but-long-enough", "SECRET-CONTENT"):
+        assert secret not in text
+
+
+def test_start_up_says_who_may_use_the_bot_socket(server_process: Start) -> None:
+    server = server_process()
+    server.stop()
+    assert b"serves loopback clients only" in server.output
+
+
+async def test_shutdown_is_bounded_even_with_a_client_that_never_reads(server_process: Start) -> None:
+    server = server_process("--tick-rate", "50", "--shutdown-timeout", "2")
+    stalled = socket.create_connection(("127.0.0.1", server.port))
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(b"GET /ws?channels=trades,book HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    b"Sec-WebSocket-Version: 13\r\n\r\n")
+    await asyncio.sleep(2)  # its buffers fill; it never reads
+    started = time.monotonic()
+    assert server.stop() == 0
+    assert time.monotonic() - started < 2 + 2.5
+    stalled.close()

@@ -22,11 +22,13 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Middleware
+from aiohttp.web_request import BaseRequest
 
 from bixweb.access import forwarded, is_loopback, origin_allowed, presented_token
 from bixweb.logs import event
-from bixweb.web.service import Service
+from bixweb.web.service import SERVICE, Service
 
 log = logging.getLogger("bixweb.gate")
 
@@ -99,3 +101,23 @@ def admit(request: web.Request, service: Service, kind: str) -> web.Response | N
 
 def release(request: web.Request, service: Service) -> None:
     service.limits.release(request.remote or "-")
+
+
+REDACTED_QUERY = frozenset({"token"})
+
+
+class AccessLog(AbstractAccessLogger):
+    """aiohttp's access log as structured events: the client address as a trusted proxy
+    reports it, and the path with any ``token`` in its query replaced by ``***``."""
+
+    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        service = request.app.get(SERVICE) if isinstance(request, web.Request) else None
+        trusted = service.trusted_proxies if service is not None else ()
+        query = "&".join(
+            f"{key}={'***' if key in REDACTED_QUERY else value}" for key, value in request.query.items()
+        )
+        event(self.logger, logging.INFO, "request", peer=forwarded(request.remote, request.headers, trusted).client,
+              method=request.method, path=request.path + (f"?{query}" if query else ""), status=response.status,
+              bytes=response.body_length, ms=round(time * 1000, 1))
