@@ -36,7 +36,7 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	touch $@
 
-system-packages:             ## Debian packages the browser tests drive (root: apt-get)
+system-packages:             ## Debian packages the tests drive: chromium, nginx, redis-server (root: apt-get)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing with apt-get (needs root)"; \
