@@ -15,7 +15,7 @@ from aiohttp import web
 
 from bixweb import __version__
 from bixweb.config import Settings, add_options, settings_from
-from bixweb.errors import BixwebError
+from bixweb.errors import BixwebError, ConfigError
 from bixweb.logs import configure as configure_logging
 
 log = logging.getLogger("bixweb")
@@ -27,9 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="bixweb: a live market-data hub. Every option can also be set by its BIXWEB_* variable.",
     )
     parser.add_argument("--version", action="version", version=f"bixweb {__version__}")
-    parser.add_argument("command", nargs="?", choices=["serve", "bench"], default="serve",
+    parser.add_argument("command", nargs="?", choices=["serve", "feed", "bench", "record"], default="serve",
                         help="serve: run the web service (default); "
-                             "bench: measure a server (its options: python -m bixweb bench --help)")
+                             "feed: own the market and publish it to --broker redis://… for web processes; "
+                             "bench: measure a server (its options: python -m bixweb bench --help); "
+                             "record: write feed events to a file (python -m bixweb record --help)")
     add_options(parser)
     return parser
 
@@ -88,14 +90,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bixweb.bench import main as bench
 
         return bench(argv[1:])
+    if argv[:1] == ["record"]:  # record has options of its own
+        from bixweb.record import main as record
+
+        return record(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "bench":
-        parser.error("bench comes first: python -m bixweb bench [its options]")
+    if args.command in ("bench", "record"):
+        parser.error(f"{args.command} comes first: python -m bixweb {args.command} [its options]")
     try:
         settings = settings_from(args, os.environ)
         configure_logging(settings.log_level, settings.log_format)
-        asyncio.run(serve(settings))
+        if args.command == "feed":
+            if settings.broker.startswith("memory:"):
+                raise ConfigError("feed publishes to a broker other processes can reach: --broker redis://host:port/db")
+            from bixweb.owner import run_feed_process
+
+            asyncio.run(run_feed_process(settings))
+        else:
+            asyncio.run(serve(settings))
     except BixwebError as exc:
         print(f"bixweb: {exc}", file=sys.stderr)
         return 2

@@ -60,6 +60,7 @@ class Settings:
     ui_compression: bool = False
     shutdown_timeout: float = 5.0
     log_format: str = "text"
+    broker: str = "memory://"
 
 
 def _symbols(text: str) -> tuple[str, ...]:
@@ -127,6 +128,12 @@ def _log_format(text: str) -> str:
     return text.lower()
 
 
+def _broker(text: str) -> str:
+    if urlsplit(text).scheme not in ("memory", "redis", "rediss", "unix"):
+        raise ValueError(f"{text} is not memory:// or redis://host:port/db")
+    return text
+
+
 def _flag(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
@@ -184,6 +191,7 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "ui_compression": (_flag, "offer permessage-deflate on the dashboard socket (see docs/deployment.md: BREACH)"),
     "shutdown_timeout": (_positive(float), "seconds a SIGTERM/SIGINT shutdown may take before sockets are dropped"),
     "log_format": (_log_format, "text (key=value lines) or json (one object per line)"),
+    "broker": (_broker, "memory:// (one process) or redis://host:port/db (a feed process and web processes)"),
 }
 FLAGS = frozenset(name for name, (parse, _) in OPTIONS.items() if parse is _flag)
 """Options that are switches: ``--strict`` alone means on."""

@@ -105,6 +105,9 @@ class Dashboard:
         for item in outgoing:
             self._dirty[item.stream] = None
 
+    def mark_streams(self, streams: Iterable[str]) -> None:
+        self._dirty.update(dict.fromkeys(streams))
+
     def _fragment_keys(self, stream: str, charts: list[str]) -> list[str]:
         """The watched fragments a changed market stream touches; ``charts``: the watched chart keys."""
         channel, _, symbol = stream.partition(":")

@@ -5,6 +5,7 @@
     BixwebError
     ├── ConfigError          bad option or environment variable; raised at start-up
     ├── FeedError            a market-data feed cannot be opened or has failed
+    ├── BrokerError          the broker (Redis) failed or carried something unreadable
     └── ProtocolError        a client message is refused; carries an error ``code``
                              (one of ``ERROR_CODES``), the request ``id`` and the
                              JSON ``path`` that failed, and becomes an ``error`` message
@@ -39,6 +40,10 @@ class ConfigError(BixwebError):
 
 class FeedError(BixwebError):
     """A market-data feed cannot be opened or has stopped."""
+
+
+class BrokerError(BixwebError):
+    """The broker between the feed process and the web processes failed or sent something unreadable."""
 
 
 class ProtocolError(BixwebError):

@@ -10,20 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from urllib.parse import urlsplit
 
 import aiohttp_jinja2
 from aiohttp import web
 
 from bixweb import protocol
 from bixweb.access import Tokens, networks
+from bixweb.brokers import Broker, open_broker
 from bixweb.config import Settings
 from bixweb.dashboard import Dashboard, join_fragments
 from bixweb.errors import ConfigError
 from bixweb.feeds import Feed, open_feed
 from bixweb.hub import Hub
 from bixweb.limits import ConnectionLimits
-from bixweb.market import Market
+from bixweb.market import Market, Message, Outgoing
+from bixweb.mirror import Mirror, Part, Seed
+from bixweb.owner import run_market
 from bixweb.render import Renderer, environment
 from bixweb.web import gate, metrics, pages
 from bixweb.web.bot import bot_socket
@@ -37,21 +41,53 @@ UI_STATUS_INTERVAL = 1.0
 log = logging.getLogger("bixweb.app")
 
 FEED = web.AppKey("feed", Feed)
+BROKER = web.AppKey("broker", Broker)
 
 
-async def pump(service: Service, feed: Feed) -> None:
-    """Feed events → market state → hub, one flush window per event list."""
-    market, hub, dashboard = service.market, service.hub, service.dashboard
+async def pump(service: Service, feed: Feed, broker: Broker) -> None:
+    """Feed events → market state → broker, one flush window per event list (this process owns the market)."""
     try:
-        async for events in feed.events():
-            outgoing = market.apply(events, now_ms())
-            hub.publish(outgoing)
-            dashboard.mark(outgoing)
+        await run_market(feed, service.market, broker)
     except asyncio.CancelledError:
         raise
     except Exception:
         service.feed_down = True
         log.exception("the feed stopped")
+
+
+class Fanout:
+    """What the broker brings goes to the hub (bots) and the dashboard (pages); a broker Subscriber."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def on_local(self, outgoing: Sequence[Outgoing]) -> None:
+        self.service.hub.publish(outgoing)
+        self.service.dashboard.mark(outgoing)
+
+    def on_publication(self, parts: Sequence[Part], messages: Sequence[tuple[str, Message]]) -> None:
+        service = self.service
+        mirror = service.market
+        assert isinstance(mirror, Mirror)
+        mirror.absorb(messages, now_ms())
+        service.hub.publish_encoded(parts)
+        service.dashboard.mark_streams(stream for stream, _, _ in parts)
+
+    def on_seed(self, seed: Seed) -> None:
+        service = self.service
+        mirror = service.market
+        assert isinstance(mirror, Mirror)
+        same_epoch = mirror.seeded and mirror.epoch == seed.epoch
+        missed = mirror.load(seed, now_ms())
+        log.info("market state loaded: epoch %d, publication %d; %d messages to catch clients up",
+                 seed.epoch, seed.published, len(missed) if same_epoch else 0)
+        if same_epoch:
+            service.hub.publish_encoded(missed)  # what clients missed while the link was down, in order
+        service.dashboard.mark_streams(mirror.latest)
+        service.dashboard.mark_streams(mirror.recent)
+
+    def on_link(self, up: bool) -> None:
+        self.service.broker_down = not up
 
 
 WATCHDOG_PERIOD = 0.25
@@ -102,8 +138,13 @@ async def refresh_dashboards(service: Service) -> None:
 
 async def background(app: web.Application) -> AsyncIterator[None]:
     service = app[SERVICE]
-    tasks = [
-        asyncio.create_task(pump(service, app[FEED]), name="feed"),
+    broker = app[BROKER]
+    feed = app.get(FEED)
+    tasks = []
+    if feed is not None:  # this process owns the market; its first events come before the first status
+        tasks.append(asyncio.create_task(pump(service, feed, broker), name="feed"))
+    tasks += [
+        asyncio.create_task(broker.run(), name="broker"),
         asyncio.create_task(broadcast_status(service), name="status"),
         asyncio.create_task(refresh_dashboards(service), name="dashboards"),
         asyncio.create_task(metrics.watch_loop_lag(service), name="loop-lag"),
@@ -152,7 +193,8 @@ def announce_access(settings: Settings, tokens: Tokens) -> None:
 def create_app(settings: Settings | None = None, *, feed: Feed | None = None) -> web.Application:
     """The bixweb application; ``feed`` overrides the one ``settings.feed`` names."""
     settings = settings or Settings()
-    if feed is None:
+    follower = urlsplit(settings.broker).scheme != "memory"
+    if feed is None and not follower:
         feed = open_feed(
             settings.feed,
             symbols=settings.symbols,
@@ -165,13 +207,15 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
         raise ConfigError(f"--watchlist: {', '.join(unknown)} not among --symbols")
     protocol.schemas()  # load and check them now, not on the first message
     env = environment(protocol.ROOT / "templates")
-    market = Market(
+    market = (Mirror if follower else Market)(
         settings.symbols,
         history_points=settings.history_points,
         trade_history=settings.trade_history,
         replay_depth=settings.replay_depth,
         epoch=now_ms(),
     )
+    broker = open_broker(settings.broker, symbols=settings.symbols, history_points=settings.history_points,
+                         replay_depth=settings.replay_depth)
     tokens = Tokens.load(settings.tokens, settings.token_file)
     ui_hub = Hub(join=join_fragments)
     watchlist = settings.watchlist or settings.symbols[:6]
@@ -189,7 +233,10 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
     app = web.Application(middlewares=[gate.trust_forwarded(service)] if settings.trusted_proxies else [])
     app[SERVICE] = service
     app[metrics.REGISTRY] = metrics.registry_for(service)
-    app[FEED] = feed
+    broker.subscribe(Fanout(service))
+    app[BROKER] = broker
+    if feed is not None:
+        app[FEED] = feed
     app[aiohttp_jinja2.APP_KEY] = env
     app.router.add_get("/", dashboard_page, name="dashboard")
     app.router.add_get("/ws/ui", ui_socket, name="ui_socket")

@@ -34,6 +34,8 @@ class Service:
     dashboard: Dashboard
     started: float = field(default_factory=time.monotonic)
     feed_down: bool = False
+    broker_down: bool = False
+    """A web process that lost its link to the broker (Redis): its market stands still."""
     limits: ConnectionLimits = field(default_factory=lambda: ConnectionLimits(total=0, per_client=0))
     tokens: Tokens = field(default_factory=lambda: Tokens(()))
     trusted_proxies: tuple[Network, ...] = ()
@@ -49,7 +51,7 @@ class Service:
 
     def feed_state(self, now: int) -> str:
         """``live``, ``stale`` (nothing for ``stale_after`` seconds) or ``down``."""
-        if self.feed_down:
+        if self.feed_down or self.broker_down:
             return "down"
         last = self.market.last_event_ms
         if last is None or now - last > self.settings.stale_after * 1000:

@@ -1,0 +1,286 @@
+"""``redis://``: one feed process publishes, any number of web processes follow.
+
+Owner (feed process) side: each flush window is encoded once, queued, and
+written by one task in a single MULTI: the publication on the pub/sub
+channel plus the state a newcomer needs (last message per state stream,
+last trades per trades stream, closed candles). When the link comes back
+after a loss, the whole state is written again first (Redis may have
+restarted empty), then the queue resumes.
+
+Follower (web process) side: subscribe, then read the state; publications
+numbered at or below the state's are already in it. A publication that is
+not the next number (lost in an outage, or a Redis restart) or of another
+epoch makes the follower read the state again; the subscriber learns what
+its clients missed from :meth:`bixweb.mirror.Mirror.load`.
+
+Keys (``prefix`` defaults to ``bixweb``): ``{prefix}:seed`` (hash: epoch,
+published), ``{prefix}:latest`` (hash: stream → message),
+``{prefix}:recent:{stream}`` and ``{prefix}:closed:{stream}`` (lists), and the
+channel ``{prefix}:publications``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from bixweb import protocol
+from bixweb.brokers import Publication, Subscriber, decode_publication, encode_publication
+from bixweb.errors import BrokerError
+from bixweb.market import Outgoing
+from bixweb.mirror import Seed
+from bixweb.model import CHANNELS, TRADES, stream_key
+
+log = logging.getLogger("bixweb.broker")
+
+RedisKey = bytes | bytearray | memoryview | str | int | float
+RedisValue = bytes | bytearray | memoryview | str | int | float
+
+QUEUED_PUBLICATIONS = 10_000
+"""Publications held while Redis is away; older ones are dropped (followers then reload the state)."""
+RETRY_INITIAL = 0.2
+RETRY_MAX = 2.0
+HEALTH_CHECK_S = 1.0
+
+
+def backoff(initial: float = RETRY_INITIAL, ceiling: float = RETRY_MAX,
+            rng: random.Random | None = None) -> Iterator[float]:
+    """Delays between reconnects: doubling, jittered, capped."""
+    rng = rng or random.Random()
+    delay = initial
+    while True:
+        yield delay * (0.5 + rng.random() / 2)
+        delay = min(ceiling, delay * 2)
+
+
+class RedisBroker:
+    def __init__(
+        self,
+        url: str,
+        *,
+        symbols: Sequence[str] = (),
+        seed: Callable[[], Seed] | None = None,
+        history_points: int = 100,
+        replay_depth: int = 1_000,
+        prefix: str = "bixweb",
+    ) -> None:
+        self.url = url
+        self.symbols = list(symbols)
+        self.seed_source = seed
+        """Owner side: the whole state now (the market's), to write after a lost link."""
+        self.history_points = history_points
+        self.replay_depth = replay_depth
+        self.prefix = prefix
+        self.channel = f"{prefix}:publications"
+        self.published = 0
+        """Owner side: publications made so far in this epoch."""
+        self.up = False
+        self._queue: deque[Publication] = deque(maxlen=QUEUED_PUBLICATIONS)
+        self._wake = asyncio.Event()
+        self._subscribers: list[Subscriber] = []
+
+    def _client(self) -> Redis:
+        return Redis.from_url(self.url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=2.0,
+                              socket_timeout=5.0, health_check_interval=HEALTH_CHECK_S)
+
+    # -- owner side ---------------------------------------------------------
+
+    def publish(self, outgoing: Sequence[Outgoing]) -> None:
+        if not outgoing:
+            return
+        self.published += 1
+        epoch = int(outgoing[0].message.get("epoch", 0))
+        parts = tuple((item.stream, protocol.encode(item.message), item.conflate) for item in outgoing)
+        self._queue.append(Publication(epoch, self.published, parts))
+        self._wake.set()
+
+    def state_changed(self) -> None:
+        self._reseed = True
+        self._wake.set()
+
+    _reseed = False
+
+    async def _publish_forever(self) -> None:
+        assert self.seed_source is not None
+        delays = backoff()
+        while True:
+            client = self._client()
+            try:
+                self._reseed = False
+                seed = self.seed_source()
+                await self._write_seed(client, seed)
+                self._set_up(True)
+                delays = backoff()
+                while True:
+                    if self._reseed:
+                        self._reseed = False
+                        seed = self.seed_source()
+                        await self._write_seed(client, seed)
+                    while self._queue:
+                        publication = self._queue[0]
+                        if publication.number > seed.published:
+                            await self._write_publication(client, publication)
+                        self._queue.popleft()
+                    self._wake.clear()
+                    await self._wake.wait()
+            except (RedisError, OSError) as exc:
+                self._set_up(False, exc)
+                await asyncio.sleep(next(delays))
+            finally:
+                await client.aclose()
+
+    async def _write_seed(self, client: Redis, seed: Seed) -> None:
+        stale = [key async for key in client.scan_iter(match=f"{self.prefix}:*")]
+        async with client.pipeline(transaction=True) as pipe:
+            if stale:
+                pipe.delete(*stale)
+            if seed.latest:
+                mapping: dict[RedisKey, RedisValue] = {stream: data for stream, data in seed.latest.items()}
+                pipe.hset(f"{self.prefix}:latest", mapping=mapping)
+            for stream, messages in seed.recent.items():
+                if messages:
+                    pipe.rpush(f"{self.prefix}:recent:{stream}", *messages)
+            for stream, candles in seed.closed.items():
+                if candles:
+                    pipe.rpush(f"{self.prefix}:closed:{stream}", *candles)
+            pipe.hset(f"{self.prefix}:seed", mapping={"epoch": seed.epoch, "published": seed.published})
+            await pipe.execute()
+        log.info("wrote the market state to %s (epoch %d, publication %d)", self.url, seed.epoch, seed.published)
+
+    async def _write_publication(self, client: Redis, publication: Publication) -> None:
+        prefix = self.prefix
+        async with client.pipeline(transaction=True) as pipe:
+            latest: dict[RedisKey, RedisValue] = {}
+            for stream, data, conflate in publication.parts:
+                if stream.startswith(TRADES + ":"):
+                    key = f"{prefix}:recent:{stream}"
+                    pipe.rpush(key, data)
+                    pipe.ltrim(key, -self.replay_depth, -1)
+                    continue
+                latest[stream] = data
+                if not conflate and stream.startswith("candles_"):  # a closed candle
+                    key = f"{prefix}:closed:{stream}"
+                    pipe.rpush(key, data)
+                    pipe.ltrim(key, -self.history_points, -1)
+            if latest:
+                pipe.hset(f"{prefix}:latest", mapping=latest)
+            pipe.hset(f"{prefix}:seed", mapping={"epoch": publication.epoch, "published": publication.number})
+            pipe.publish(self.channel, encode_publication(publication))
+            await pipe.execute()
+
+    # -- follower side ------------------------------------------------------
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.append(subscriber)
+
+    async def read_seed(self, client: Redis) -> Seed | None:
+        """The owner's state, read in one MULTI so it is one moment's; None before any owner wrote one."""
+        prefix = self.prefix
+        lists = [stream_key(channel, symbol) for symbol in self.symbols for channel in CHANNELS
+                 if channel == TRADES or channel.startswith("candles_")]
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.hgetall(f"{prefix}:seed")
+            pipe.hgetall(f"{prefix}:latest")
+            for stream in lists:
+                kind = "recent" if stream.startswith(TRADES + ":") else "closed"
+                pipe.lrange(f"{prefix}:{kind}:{stream}", 0, -1)
+            replies: list[Any] = await pipe.execute()
+        head, latest, *ranges = replies
+        if not head:
+            return None
+        recent: dict[str, list[bytes]] = {}
+        closed: dict[str, list[bytes]] = {}
+        for stream, items in zip(lists, ranges, strict=True):
+            if items:
+                (recent if stream.startswith(TRADES + ":") else closed)[stream] = list(items)
+        return Seed(
+            epoch=int(head[b"epoch"]),
+            published=int(head[b"published"]),
+            latest={key.decode(): value for key, value in latest.items()},
+            recent=recent,
+            closed=closed,
+        )
+
+    async def _follow_forever(self) -> None:
+        delays = backoff()
+        while True:
+            client = self._client()
+            pubsub = client.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                seed = await self.read_seed(client)
+                if seed is not None:
+                    self._seed(seed)
+                self._set_up(True)
+                delays = backoff()
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=HEALTH_CHECK_S)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    try:
+                        publication = decode_publication(message["data"])
+                    except BrokerError as exc:
+                        log.error("dropped a publication: %s", exc)
+                        continue
+                    if seed is not None and publication.epoch == seed.epoch:
+                        if publication.number <= self._number:
+                            continue  # already in the state read
+                        if publication.number == self._number + 1:
+                            self._number = publication.number
+                            self._deliver(publication)
+                            continue
+                    log.warning("publication %d of epoch %d does not follow %d: reading the state again",
+                                publication.number, publication.epoch, self._number)
+                    seed = await self.read_seed(client)
+                    if seed is not None:
+                        self._seed(seed)
+                        if publication.epoch == seed.epoch and publication.number == self._number + 1:
+                            self._number = publication.number
+                            self._deliver(publication)
+            except (RedisError, OSError) as exc:
+                self._set_up(False, exc)
+                await asyncio.sleep(next(delays))
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await client.aclose()
+
+    _number = 0
+
+    def _seed(self, seed: Seed) -> None:
+        self._number = seed.published
+        for subscriber in self._subscribers:
+            subscriber.on_seed(seed)
+
+    def _deliver(self, publication: Publication) -> None:
+        messages = [(stream, orjson.loads(data)) for stream, data, _ in publication.parts]
+        for subscriber in self._subscribers:
+            subscriber.on_publication(publication.parts, messages)
+
+    def _set_up(self, up: bool, error: BaseException | None = None) -> None:
+        if up != self.up:
+            if up:
+                log.info("linked to %s", self.url)
+            else:
+                log.warning("lost %s: %s; reconnecting", self.url, error.__class__.__name__ if error else "-")
+            for subscriber in self._subscribers:
+                subscriber.on_link(up)
+        elif not up:
+            log.debug("still no %s: %s", self.url, error)
+        self.up = up
+
+    async def run(self) -> None:
+        """Publish if this process owns the market (it has a seed source), else follow."""
+        if self.seed_source is not None:
+            await self._publish_forever()
+        else:
+            await self._follow_forever()
