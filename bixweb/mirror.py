@@ -59,7 +59,9 @@ def seed_of(market: Market, published: int) -> Seed:
     )
 
 
-def _candle(data: Mapping[str, Any]) -> Candle:
+def _candle(stored: Mapping[str, Any]) -> Candle:
+    """A candle from its data object, or from a whole candle message."""
+    data = stored.get("data", stored)
     return Candle(int(data["start"]), float(data["open"]), float(data["high"]), float(data["low"]),
                   float(data["close"]), float(data["volume"]), bool(data["closed"]))
 

@@ -63,3 +63,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"dashboard screenshots ({len(shots)}) in {folder}:")
         for shot in shots:
             terminalreporter.write_line(f"  {shot}")
+
+
+@pytest.fixture
+def redis_server(tmp_path: Any) -> Iterator[Any]:
+    """A real redis-server on a free loopback port, killed after the test."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()

@@ -136,6 +136,10 @@ class RedisBroker:
             except (RedisError, OSError) as exc:
                 self._set_up(False, exc)
                 await asyncio.sleep(next(delays))
+            except Exception as exc:  # a bug must not end the publishing: write the state again
+                log.exception("publishing to %s failed; writing the state again", self.url)
+                self._set_up(False, exc)
+                await asyncio.sleep(next(delays))
             finally:
                 await client.aclose()
 
@@ -248,6 +252,10 @@ class RedisBroker:
                             self._number = publication.number
                             self._deliver(publication)
             except (RedisError, OSError) as exc:
+                self._set_up(False, exc)
+                await asyncio.sleep(next(delays))
+            except Exception as exc:  # a bug must not end the following: start over from the state
+                log.exception("following %s failed; reading the state again", self.url)
                 self._set_up(False, exc)
                 await asyncio.sleep(next(delays))
             finally:

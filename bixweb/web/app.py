@@ -60,6 +60,8 @@ class Fanout:
 
     def __init__(self, service: Service) -> None:
         self.service = service
+        self.seeded = asyncio.Event()
+        """Set once a follower's mirror holds the owner's state."""
 
     def on_local(self, outgoing: Sequence[Outgoing]) -> None:
         self.service.hub.publish(outgoing)
@@ -85,9 +87,15 @@ class Fanout:
             service.hub.publish_encoded(missed)  # what clients missed while the link was down, in order
         service.dashboard.mark_streams(mirror.latest)
         service.dashboard.mark_streams(mirror.recent)
+        self.seeded.set()
 
     def on_link(self, up: bool) -> None:
         self.service.broker_down = not up
+
+
+FANOUT = web.AppKey("fanout", Fanout)
+FOLLOWER_START_WAIT = 5.0
+"""Seconds a web process waits at start for the feed process's state before it serves anyway."""
 
 
 WATCHDOG_PERIOD = 0.25
@@ -149,6 +157,12 @@ async def background(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(refresh_dashboards(service), name="dashboards"),
         asyncio.create_task(metrics.watch_loop_lag(service), name="loop-lag"),
     ]
+    if feed is None:  # a follower: serve once the owner's state is here, or without it after a while
+        try:
+            async with asyncio.timeout(FOLLOWER_START_WAIT):
+                await app[FANOUT].seeded.wait()
+        except TimeoutError:
+            log.warning("no market state from %s after %g s; serving without it", broker.url, FOLLOWER_START_WAIT)
     yield
     for task in tasks:
         task.cancel()
@@ -233,7 +247,8 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
     app = web.Application(middlewares=[gate.trust_forwarded(service)] if settings.trusted_proxies else [])
     app[SERVICE] = service
     app[metrics.REGISTRY] = metrics.registry_for(service)
-    broker.subscribe(Fanout(service))
+    fanout = app[FANOUT] = Fanout(service)
+    broker.subscribe(fanout)
     app[BROKER] = broker
     if feed is not None:
         app[FEED] = feed

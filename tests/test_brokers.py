@@ -1,0 +1,178 @@
+"""Brokers: the publication format, and a feed process with two web processes over a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+import websockets
+
+from bixweb.brokers import Publication, decode_publication, encode_publication, open_broker
+from bixweb.errors import BrokerError, ConfigError
+from tests.redis_server import RedisServer
+from tests.support import ROOT, ServerProcess, assert_valid, unwrap
+
+Start = Callable[..., ServerProcess]
+SYMBOLS = "BTCUSDT,ETHUSDT,SOLUSDT"
+
+
+def test_a_publication_survives_the_trip_byte_for_byte() -> None:
+    publication = Publication(epoch=17, number=42, parts=(
+        ("trades:BTCUSDT", b'{"type":"trade","seq":1}', False),
+        ("ticker:ÉTHUSDT", b"{}", True),
+        ("book:X", b"", True),
+    ))
+    assert decode_publication(encode_publication(publication)) == publication
+    payload = encode_publication(publication)
+    for broken in (payload[:-1], payload + b"x", b"XXXX" + payload[4:], b"", payload[:10]):
+        with pytest.raises(BrokerError):
+            decode_publication(broken)
+
+
+def test_brokers_are_chosen_by_url() -> None:
+    assert open_broker("memory://").url == "memory://"
+    assert open_broker("redis://127.0.0.1:6379/0").url == "redis://127.0.0.1:6379/0"
+    with pytest.raises(ConfigError, match="kafka"):
+        open_broker("kafka://x")
+
+
+class FeedProcess:
+    """``python -m bixweb feed --broker …`` until stopped; its log is kept."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "bixweb", "feed", *args], cwd=ROOT, env=os.environ.copy(),
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.output = b""
+        self._seen = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._seen.wait(15):
+            self.stop()
+            raise RuntimeError(f"the feed process did not publish: {self.output.decode(errors='replace')}")
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output += line
+            if b"wrote the market state" in line:
+                self._seen.set()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+@pytest.fixture
+def feed_process() -> Iterator[Callable[..., FeedProcess]]:
+    started: list[FeedProcess] = []
+
+    def start(*args: str) -> FeedProcess:
+        process = FeedProcess(*args)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+async def read_for(url: str, seconds: float) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    async with websockets.connect(url) as ws:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), left))
+            except TimeoutError:
+                break
+            assert_valid(frame)
+            messages += unwrap(frame)
+    return messages
+
+
+def by_stream(messages: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    return {(f"{m['type']}:{m['symbol']}", m["seq"]): m for m in messages if "seq" in m and "symbol" in m}
+
+
+async def test_two_web_processes_send_identical_streams_and_serve_dashboards(
+    redis_server: RedisServer, feed_process: Callable[..., FeedProcess], server_process: Start
+) -> None:
+    common = ("--broker", redis_server.url, "--symbols", SYMBOLS)
+    feed_process(*common, "--tick-rate", "20")
+    webs = [server_process(*common), server_process(*common)]
+    query = "/ws?symbols=BTCUSDT,ETHUSDT&channels=ticker,trades,book,candles_1s"
+    one, two = await asyncio.gather(*(read_for(f"ws://127.0.0.1:{w.port}{query}", 3.0) for w in webs))
+    first, second = by_stream(one), by_stream(two)
+    common_keys = set(first) & set(second)
+    assert len(common_keys) > 50, (len(first), len(second))
+    assert {m["type"] for m in (first[k] for k in common_keys)} >= {"market_update", "trade", "book", "candle"}
+    for key in common_keys:
+        assert first[key] == second[key], key  # same seq, same payload, same ts: numbered and encoded once
+    snapshots = [m for m in one + two if m["type"] == "initial_data"]
+    assert len(snapshots) == 2 and snapshots[0]["epoch"] == snapshots[1]["epoch"]
+    assert all(len(s["candles"]["1s"]["BTCUSDT"]) > 0 for s in snapshots)
+    for web in webs:
+        async with aiohttp.ClientSession() as session:
+            page = await (await session.get(f"http://127.0.0.1:{web.port}/")).text()
+            socket_path = re.search(r'hx-ws:connect="([^"]+)"', page)
+            assert socket_path and 'id="ticker-BTCUSDT"' in page
+            async with session.ws_connect(f"http://127.0.0.1:{web.port}{socket_path.group(1)}") as ws:
+                seen = ""
+                deadline = time.monotonic() + 5
+                while 'id="trades"' not in seen or 'id="status"' not in seen:
+                    assert time.monotonic() < deadline, seen[-500:]
+                    seen += (await ws.receive(timeout=5)).data
+                assert "conn-up" in seen or "live" in seen
+
+
+async def test_redis_away_for_5s_clients_stay_see_down_then_catch_up_without_losing_a_trade(
+    redis_server: RedisServer, feed_process: Callable[..., FeedProcess], server_process: Start
+) -> None:
+    common = ("--broker", redis_server.url, "--symbols", SYMBOLS, "--status-interval", "0.5")
+    feed_process(*common, "--tick-rate", "20")
+    web = server_process(*common)
+    trades: dict[str, list[int]] = {}
+    feeds: list[str] = []
+    async with websockets.connect(f"ws://127.0.0.1:{web.port}/ws?symbols=BTCUSDT,ETHUSDT&channels=trades") as ws:
+
+        async def read(seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), left))
+                    for m in unwrap(frame):
+                        if m["type"] == "trade":
+                            trades.setdefault(m["symbol"], []).append(m["seq"])
+                        elif m["type"] == "status":
+                            feeds.append(m["feed"])
+                        elif m["type"] == "initial_data":
+                            for stream, seq in m["seq"].items():
+                                trades.setdefault(stream.split(":")[1], []).append(seq)
+
+        await read(1.5)
+        before = {symbol: len(seqs) for symbol, seqs in trades.items()}
+        redis_server.stop()
+        await read(5.0)
+        assert feeds[-1] in ("down", "stale"), feeds  # told while Redis is away, still connected
+        redis_server.start()
+        await read(4.0)
+        assert feeds[-1] == "live", feeds
+    for symbol, seqs in trades.items():
+        assert len(seqs) > before[symbol] + 20, (symbol, before[symbol], len(seqs))  # trades flow again
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"{symbol}: a gap or a repeat in {seqs}"
+    assert web.proc is not None and web.proc.poll() is None
