@@ -176,3 +176,20 @@ async def test_redis_away_for_5s_clients_stay_see_down_then_catch_up_without_los
         assert len(seqs) > before[symbol] + 20, (symbol, before[symbol], len(seqs))  # trades flow again
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"{symbol}: a gap or a repeat in {seqs}"
     assert web.proc is not None and web.proc.poll() is None
+
+
+async def test_the_dashboard_works_on_a_web_process_in_chromium(
+    redis_server: RedisServer, feed_process: Callable[..., FeedProcess], server_process: Start, browser: Any
+) -> None:
+    from tests.test_browser import changes, open_page
+
+    common = ("--broker", redis_server.url, "--symbols", SYMBOLS)
+    feed_process(*common, "--tick-rate", "20")
+    server_process(*common)
+    web = server_process(*common)
+    page, log = await open_page(browser, f"http://127.0.0.1:{web.port}/")
+    await changes(lambda: page.locator("#ticker-BTCUSDT .price").get_attribute("data-price"), within=3.0)
+    await changes(lambda: page.locator("#chart svg").inner_html(), within=3.0)
+    await changes(lambda: page.locator("#trades tbody tr").first.get_attribute("data-id"), within=3.0)
+    assert await page.locator("#chart svg .candles g").count() > 10  # the history came through Redis
+    assert log.errors == []

@@ -89,6 +89,8 @@ class ServiceCollector(Collector):
                                 value=(now - last) / 1000 if last is not None else float("nan"))
         yield GaugeMetricFamily("bixweb_event_loop_lag_seconds", "How late the event loop woke at its last check",
                                 value=service.loop_lag)
+        yield GaugeMetricFamily("bixweb_broker_up", "1 while linked to the broker (always 1 with memory://)",
+                                value=0.0 if service.broker_down else 1.0)
         yield GaugeMetricFamily("bixweb_uptime_seconds", "Seconds since the service started", value=service.uptime_s)
 
 
