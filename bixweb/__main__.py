@@ -60,10 +60,12 @@ async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully."""
     from bixweb.web.app import create_app
     from bixweb.web.gate import AccessLog
+    from bixweb.web.service import SERVICE
 
     app = create_app(settings)
     raise_open_files_limit()
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout,
+    # the closing handshakes get half the bound (close_sockets), the handlers' ends the rest
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout / 2,
                            access_log_class=AccessLog)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
@@ -79,6 +81,7 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("shutting down: no new connections; closing sockets (at most %g s)", settings.shutdown_timeout)
+    app[SERVICE].shutting_down = True  # /healthz says so to whoever still asks
     started = loop.time()
     await runner.cleanup()  # stops listening, closes every socket with 1012, then stops the feed
     log.info("stopped in %.2f s", loop.time() - started)

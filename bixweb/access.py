@@ -22,7 +22,7 @@ def networks(texts: Iterable[str]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(text, strict=False) for text in texts)
 
 
-def _within(address: str, trusted: tuple[Network, ...]) -> bool:
+def within(address: str, trusted: tuple[Network, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address.strip().strip("[]"))
     except ValueError:
@@ -49,12 +49,12 @@ def forwarded(peer: str | None, headers: Mapping[str, str], trusted: tuple[Netwo
     headers say.
     """
     client = peer or "-"
-    if not trusted or not _within(client, trusted):
+    if not trusted or not within(client, trusted):
         return Forwarded(client, None)
     hops = [hop.strip() for hop in headers.get("X-Forwarded-For", "").split(",") if hop.strip()]
     for hop in reversed(hops):
         client = hop
-        if not _within(hop, trusted):
+        if not within(hop, trusted):
             break
     proto = headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
     return Forwarded(client, proto if proto in ("http", "https") else None)

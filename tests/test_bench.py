@@ -20,13 +20,14 @@ from typing import Any
 
 import pytest
 
-from bixweb.bench import cli, scan
+from bixweb.bench import cli, compression, scan
 from bixweb.bench.options import BenchError, BenchOptions, Sweep, bot_path, parse_sweep, parse_target
 from bixweb.bench.plot import Series, nice_ticks, svg, sweep_svg
 from bixweb.bench.procstat import CLOCK_TICKS, busy_pct, parse_core_times, parse_stat_cpu, parse_status_kb, plan_cores
 from bixweb.bench.report import bar, format_sweep, si
 from bixweb.bench.results import fanout_spread, warnings
 from bixweb.bench.runner import source_addresses, split
+from bixweb.bench.server import ServerChild, server_command
 from bixweb.bench.stats import Histogram, percentile
 from bixweb.bench.wsclient import BotClient, Tally, WsClient
 from bixweb.bench.wsframes import (
@@ -42,6 +43,7 @@ from bixweb.bench.wsframes import (
     mask,
     upgrade_reply,
 )
+from bixweb.feeds.simulated import DEFAULT_SYMBOLS
 from tests.support import ROOT
 
 # --- frames -------------------------------------------------------------------------------------------------
@@ -396,7 +398,7 @@ def test_help_lists_every_option() -> None:
                          text=True, check=True, timeout=30).stdout
     for flag in ("--clients", "--ui-clients", "--symbols", "--channels", "--rate", "--duration", "--warmup",
                  "--workers", "--url", "--server-pid", "--json", "--sweep", "--plot", "--stalled", "--quick",
-                 "--connect-concurrency", "--source-addresses"):
+                 "--connect-concurrency", "--source-addresses", "--compression"):
         assert flag in out, flag
     serve_help = subprocess.run([sys.executable, "-m", "bixweb", "--help"], cwd=ROOT, capture_output=True,
                                 text=True, check=True, timeout=30).stdout
@@ -436,3 +438,113 @@ def test_quick_sweep_with_dashboards_and_a_stalled_client_writes_json_and_svg(tm
         assert run["dashboard"]["frames_per_s"] > 0
         assert run["stalled"] == {"clients": 1, "opened": 1}
     assert ET.parse(plot).getroot().tag.endswith("svg")
+
+
+# --- compression (--compression) ----------------------------------------------------------------------------------
+
+WINDOW = compression.Window(open_at=10.0, close_at=20.0, open_ms=1000.0, close_ms=2000.0)
+
+
+def test_a_tally_counts_the_frames_whose_first_ts_is_in_the_window_and_a_wire_the_bytes_that_arrive_in_it() -> None:
+    tally = compression.Tally(window=WINDOW)
+    batch = b'{"type":"batch","messages":[{"ts":1500},{"ts":1501},{"ts":2500}]}'
+    for frame in (b'{"ts":999}', b'{"ts":1000}', batch, b'{"type":"x"}', b'{"ts":2000}'):
+        tally.frame(frame)
+    assert (tally.frames, tally.messages, tally.largest_messages) == (2, 4, 3)
+    assert tally.payload_bytes == len(b'{"ts":1000}') + len(batch) and tally.largest_bytes == len(batch)
+    wire = compression.Wire(window=WINDOW)
+    for size, down, now in ((1, True, 9.9), (100, True, 10.0), (7, False, 15.0), (1000, True, 20.0)):
+        wire.add(size, down=down, now=now)
+    assert (wire.down, wire.up) == (100, 7)
+    never = compression.Wire()
+    never.add(5, down=True, now=1e9)
+    assert never.down == 0
+
+
+def sides(plain_msgs: int, deflate_msgs: int, *, plain_bytes: int = 60_000, deflate_bytes: int = 9_000,
+          deflate_wbits: int = 15) -> tuple[dict[str, Any], dict[str, Any]]:
+    def one(wbits: int, down: int, msgs: int) -> dict[str, Any]:
+        return compression.side(wbits, compression.Wire(down=down, up=10), compression.Tally(
+            frames=msgs // 20, messages=msgs, payload_bytes=msgs * 300, largest_messages=20, largest_bytes=6000), 2.0)
+    return one(0, plain_bytes, plain_msgs), one(deflate_wbits, deflate_bytes, deflate_msgs)
+
+
+def test_compare_gives_ratio_and_saving_and_allows_one_tick_of_difference_only() -> None:
+    plain, deflate = sides(400, 400)
+    assert plain["down_bytes_per_s"] == 30_000.0 and deflate["up_bytes_per_s"] == 5.0
+    assert compression.compare(plain, deflate) == {"ratio": 0.15, "saving_pct": 85.0, "same_data": True}
+    assert compression.compare(*sides(400, 380))["same_data"]
+    assert not compression.compare(*sides(400, 379))["same_data"]
+    assert not compression.compare(*sides(0, 0))["same_data"]
+    assert compression.compare(*sides(0, 0, plain_bytes=0))["ratio"] is None
+
+
+def test_cost_is_the_cpu_of_deflating_bots_over_plain_ones_and_warnings_name_a_declined_offer() -> None:
+    deflate = {"clients": 100, "negotiated": 100, "frames": 10_000, "server_cpu_s": 1.3, "server_cpu_pct": 13.0,
+               "server_rss_kb": 80_000}
+    plain = {"clients": 100, "negotiated": 0, "frames": 10_000, "server_cpu_s": 0.5, "server_cpu_pct": 5.0,
+             "server_rss_kb": 55_000}
+    found = compression.cost(deflate, plain, 10.0)
+    assert (found["extra_cpu_pct"], found["extra_cpu_pct_per_client"], found["extra_us_per_frame"]) == (8.0, 0.08, 80.0)
+    assert found["extra_rss_kb_per_client"] == 250.0
+    assert compression.cost({**deflate, "server_cpu_s": None}, plain, 10.0)["extra_cpu_pct"] is None
+    plain_side, declined = sides(400, 400, deflate_bytes=60_000, deflate_wbits=0)
+    pair = {"case": "ticker x20", "plain": plain_side, "deflate": declined, **compression.compare(plain_side, declined),
+            "server_cpu_pct": 3.0}
+    crowd = compression.cost({**deflate, "negotiated": 0}, plain, 10.0)
+    found_warnings = compression.warnings([pair], crowd)
+    assert len(found_warnings) == 2 and "declined permessage-deflate" in found_warnings[0]
+    table = compression.format_compression({"cases": [pair], "cost": crowd, "warnings": found_warnings,
+                                            "config": {"cores": "server on core 0, load on 1"}})
+    lines = table.splitlines()
+    assert lines[0].split()[:3] == ["subscription", "plain", "B/s"]
+    assert lines[1].split()[:7] == ["ticker", "x20", "30.00k", "30.00k", "1.000", "0", "%"] and "same" in lines[1]
+    assert "8 % of a core" in lines[2] and "250.0 KiB per bot" in lines[2]
+    assert lines[-1].startswith("WARNING: cost: only 0 of 100")
+
+
+def test_compression_refuses_what_does_not_apply(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--compression", "--channels", "ticker,nope"]) == 2
+    assert cli.main(["--compression", "--stalled", "1"]) == 2
+    assert cli.main(["--compression", "--sweep", "clients=1,2"]) == 2
+    assert "--channels" in capsys.readouterr().err
+    options = cli.options_from(parse("--compression"))
+    assert options.channels == ("ticker", "trades", "book") and options.clients == 100
+    assert [c.name for c in compression.cases(options)] == ["ticker x20", "trades x3", "book x3"]
+
+
+def test_compression_on_a_started_server_negotiates_deflate_and_sends_fewer_bytes_for_the_same_messages(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "compression.json"
+    assert cli.main(["--compression", "--duration", "1", "--warmup", "0.5", "--clients", "0", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert "--bot-compression" in result["config"]["server_command"] and result["cost"] is None
+    assert [pair["case"] for pair in result["cases"]] == ["ticker x20", "trades x3", "book x3"]
+    for pair in result["cases"]:
+        plain, deflate = pair["plain"], pair["deflate"]
+        assert deflate["negotiated_wbits"] == 15 and plain["negotiated_wbits"] == 0, pair["case"]
+        assert 0 < deflate["down_bytes"] < plain["down_bytes"], pair["case"]
+        assert plain["messages"] > 0 and pair["same_data"], pair["case"]
+        assert abs(plain["messages"] - deflate["messages"]) <= plain["largest_frame_messages"]
+        # the relay counted real bytes: the plain bot's frames, give or take a frame at each edge, plus headers
+        assert abs(plain["down_bytes"] - plain["payload_bytes"]) <= 2 * plain["largest_frame_bytes"] + 4 * plain[
+            "frames"]
+    assert result["warnings"] == []
+    printed = capsys.readouterr().out
+    assert "ticker x20" in printed and "same" in printed and "WARNING" not in printed
+
+
+def test_a_server_without_bot_compression_declines_the_offer(tmp_path: Path) -> None:
+    out = tmp_path / "declined.json"
+    with ServerChild(server_command(rate=10, symbols=DEFAULT_SYMBOLS[:3])) as server:
+        argv = ["--compression", "--url", f"ws://{server.host}:{server.port}/ws", "--server-pid", str(server.pid),
+                "--symbols", "3", "--channels", "ticker", "--clients", "2", "--duration", "0.5", "--warmup", "0.2",
+                "--json", str(out)]
+        assert cli.main(argv) == 0
+    result = json.loads(out.read_text())
+    (pair,) = result["cases"]
+    assert pair["deflate"]["negotiated_wbits"] == 0 and pair["plain"]["messages"] > 0 and pair["same_data"]
+    assert result["cost"]["deflate"]["negotiated"] == 0 and result["cost"]["deflate"]["messages"] > 0
+    assert result["cost"]["deflate"]["server_rss_kb"] > 0 and result["cost"]["extra_cpu_pct"] is not None
+    assert any("declined permessage-deflate" in w for w in result["warnings"])

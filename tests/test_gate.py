@@ -93,9 +93,12 @@ async def test_without_tokens_bots_are_served_on_loopback_only(aiohttp_client: F
 
 
 async def test_forwarded_headers_count_only_from_a_trusted_proxy(aiohttp_client: Factory) -> None:
-    """Untrusted, X-Forwarded-For is ignored: the loopback peer is let in and the page stays ws://."""
+    """Untrusted, X-Forwarded-For names no client: a proxied request is not let in as loopback,
+    and the page stays ws:// whatever X-Forwarded-Proto says."""
     client = await make_client(aiohttp_client)
-    await (await welcomed(client, headers={"X-Forwarded-For": "203.0.113.9"})).close()
+    status, body, _ = await refused(client, "/ws", headers={"X-Forwarded-For": "127.0.0.1"})
+    assert (status, body["code"]) == (403, "loopback_only")  # a proxy on this host, not a local client
+    await (await welcomed(client)).close()
     html = await (await client.get("/", headers={"X-Forwarded-Proto": "https"})).text()
     assert 'hx-ws:connect="/ws/ui?page=' in html
     trusting = await make_client(aiohttp_client, trusted_proxies=("127.0.0.0/8",))

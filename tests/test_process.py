@@ -134,5 +134,5 @@ async def test_shutdown_is_bounded_even_with_a_client_that_never_reads(server_pr
     await asyncio.sleep(2)  # its buffers fill; it never reads
     started = time.monotonic()
     assert server.stop() == 0
-    assert time.monotonic() - started < 2 + 2.5
+    assert time.monotonic() - started < 2 + 1.0  # the bound, plus the interpreter's exit
     stalled.close()

@@ -13,6 +13,7 @@ and reads the server's CPU and memory from ``/proc``. Modules:
 - ``server``: the server child process;
 - ``runner``: one run, from the parent's side;
 - ``report``, ``plot``: the table, progress line, JSON and SVG;
+- ``compression``: ``--compression``, what permessage-deflate saves on the wire and costs the server;
 - ``cli``: options and ``main``.
 """
 

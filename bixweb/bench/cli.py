@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bixweb.bench.options import QUICK, BenchError, BenchOptions, Sweep, parse_sweep
+from bixweb.bench.compression import format_compression, run_compression
+from bixweb.bench.options import COMPRESSION, QUICK, BenchError, BenchOptions, Sweep, parse_sweep
 from bixweb.bench.plot import sweep_svg, write_svg
 from bixweb.bench.report import Display, format_result, format_sweep
 from bixweb.bench.runner import run_once
@@ -92,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="do not pin the server and the load to different cores")
     parser.add_argument("--sweep", type=_sweep, metavar="NAME=V1,V2,...",
                         help="run once per value of clients, ui-clients, stalled, symbols or rate")
+    parser.add_argument("--compression", action="store_true",
+                        help="measure what permessage-deflate saves on the bot socket (the started server gets "
+                             "--bot-compression): per --channels case (default: ticker,trades,book) a plain and a "
+                             "deflating bot side by side; then the server CPU of --clients (default 100) deflating "
+                             "bots against as many plain ones (0: skip)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the full result as JSON to FILE")
     parser.add_argument("--plot", type=Path, metavar="FILE.svg",
                         help="with --sweep: plot throughput and latency against the swept value to an SVG")
@@ -110,7 +116,7 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
         raise BenchError("--server-pid goes with --url (bench knows the pid of a server it starts)")
     if args.url is not None and (args.server_args or args.server_log):
         raise BenchError("--server-args and --server-log are for the server bench starts, not one at --url")
-    return dataclasses.replace(DEFAULTS, **values)
+    return dataclasses.replace(COMPRESSION if args.compression else DEFAULTS, **values)
 
 
 def jsonable(value: Any) -> Any:
@@ -128,6 +134,11 @@ def run(args: argparse.Namespace, display: Display) -> tuple[str, Any]:
     """The table to print and the document to write as JSON."""
     options = options_from(args)
     sweep: Sweep | None = args.sweep
+    if args.compression:
+        if sweep is not None:
+            raise BenchError("--compression runs once: no --sweep")
+        document = run_compression(options, display)
+        return format_compression(document), document
     if sweep is None:
         result = run_once(options, display)
         return format_result(result), result

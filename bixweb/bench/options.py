@@ -51,6 +51,9 @@ class BenchOptions:
 QUICK: Final = {"clients": 20, "duration": 2.0, "warmup": 0.5, "workers": 1}
 """``--quick``: a tiny run that proves the bench works (used by the tests)."""
 
+COMPRESSION: Final = BenchOptions(clients=100, channels=("ticker", "trades", "book"))
+"""The defaults of ``--compression``: ``clients`` deflate and as many plain bots for the cost, three cases."""
+
 SWEEPABLE: Final = {"clients": int, "ui_clients": int, "stalled": int, "symbols": int, "rate": float}
 
 

@@ -174,8 +174,8 @@ async def background(app: web.Application) -> AsyncIterator[None]:
 async def close_sockets(app: web.Application) -> None:
     """On shutdown: every socket gets 1012 (service restart), so bots and dashboards reconnect.
 
-    Waits at most ``shutdown_timeout`` for the closing handshakes; aiohttp then
-    drops whatever is left.
+    Waits at most half of ``shutdown_timeout`` for the closing handshakes;
+    aiohttp then gives the handlers the other half and drops whatever is left.
     """
     service = app[SERVICE]
     service.shutting_down = True
@@ -185,7 +185,7 @@ async def close_sockets(app: web.Application) -> None:
         conn.close_soon(CLOSE_RESTART, "server restart")
     closing = asyncio.gather(*(conn.wait_closed() for conn in connections), return_exceptions=True)
     try:
-        async with asyncio.timeout(service.settings.shutdown_timeout):
+        async with asyncio.timeout(service.settings.shutdown_timeout / 2):
             await closing
     except TimeoutError:
         log.warning("shutdown: %d sockets did not finish closing in time", len(service.connections))

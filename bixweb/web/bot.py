@@ -195,8 +195,12 @@ async def _serve(request: web.Request, service: Service) -> web.StreamResponse:
     service.opened(conn)
     session = BotSession(service, conn, streams)
     session.start()  # the snapshot is queued where the subscription starts: no update can come between
+    welcome = session.welcome()
     try:
-        await ws.send_frame(session.welcome(), WSMsgType.TEXT)  # first and alone; the writer starts after it
+        await ws.send_frame(welcome, WSMsgType.TEXT)  # first and alone; the writer starts after it
+        conn.frames_sent += 1
+        conn.messages_sent += 1
+        conn.bytes_sent += len(welcome)
     except ConnectionError:
         session.close()
         service.closed(conn, ws.close_code)

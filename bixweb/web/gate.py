@@ -26,7 +26,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Middleware
 from aiohttp.web_request import BaseRequest
 
-from bixweb.access import forwarded, is_loopback, origin_allowed, presented_token
+from bixweb.access import forwarded, is_loopback, origin_allowed, presented_token, within
 from bixweb.logs import event
 from bixweb.web.service import SERVICE, Service
 
@@ -72,10 +72,25 @@ def bot_access(request: web.Request, service: Service) -> web.Response | None:
                           message="the token is not valid",
                           headers={"WWW-Authenticate": 'Bearer realm="bixweb", error="invalid_token"'})
         return None
-    if service.settings.open_bots or is_loopback(request.remote or ""):
+    if service.settings.open_bots:
+        return None
+    if is_loopback(request.remote or "") and not proxied_by_stranger(request, service):
         return None
     return refuse(request, service, kind="bot", status=403, code="loopback_only",
                   message="without configured tokens the bot socket serves loopback clients only")
+
+
+def proxied_by_stranger(request: web.Request, service: Service) -> bool:
+    """A request with ``X-Forwarded-For`` whose peer is not a trusted proxy: its client is unknown.
+
+    Behind a proxy on the same host every request comes from loopback; without
+    ``--trusted-proxies`` the loopback-only rule must not let them all in.
+    """
+    if "X-Forwarded-For" not in request.headers:
+        return False
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    address = peer[0] if isinstance(peer, tuple) and peer else ""
+    return not within(address, service.trusted_proxies)
 
 
 def ui_access(request: web.Request, service: Service) -> web.Response | None:
@@ -103,7 +118,8 @@ def release(request: web.Request, service: Service) -> None:
     service.limits.release(request.remote or "-")
 
 
-REDACTED_QUERY = frozenset({"token"})
+REDACTED_QUERY = frozenset({"token", "page"})
+"""Query values that grant something (a bot token; a dashboard page, whose view it names)."""
 
 
 class AccessLog(AbstractAccessLogger):
