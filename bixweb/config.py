@@ -61,6 +61,8 @@ class Settings:
     shutdown_timeout: float = 5.0
     log_format: str = "text"
     broker: str = "memory://"
+    data_dir: str = "data"
+    """Where alert rules, alert history and annotations are kept (created on first start)."""
 
 
 def _symbols(text: str) -> tuple[str, ...]:
@@ -192,6 +194,8 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "shutdown_timeout": (_positive(float), "seconds a SIGTERM/SIGINT shutdown may take before sockets are dropped"),
     "log_format": (_log_format, "text (key=value lines) or json (one object per line)"),
     "broker": (_broker, "memory:// (one process) or redis://host:port/db (a feed process and web processes)"),
+    "data_dir": (str, "directory of the SQLite file that keeps alert rules, alert history and annotations "
+                      "(created on first start)"),
 }
 FLAGS = frozenset(name for name, (parse, _) in OPTIONS.items() if parse is _flag)
 """Options that are switches: ``--strict`` alone means on."""

@@ -6,6 +6,7 @@
     ├── ConfigError          bad option or environment variable; raised at start-up
     ├── FeedError            a market-data feed cannot be opened or has failed
     ├── BrokerError          the broker (Redis) failed or carried something unreadable
+    ├── StoreError           alert rules, history or annotations could not be written
     └── ProtocolError        a client message is refused; carries an error ``code``
                              (one of ``ERROR_CODES``), the request ``id`` and the
                              JSON ``path`` that failed, and becomes an ``error`` message
@@ -26,6 +27,12 @@ ERROR_CODES: Final = frozenset(
         "rate_limited",
         "binary_not_supported",
         "internal_error",
+        "too_many_rules",
+        "too_many_annotations",
+        "unknown_rule",
+        "unknown_annotation",
+        "storage_failed",
+        "unavailable",
     }
 )
 
@@ -44,6 +51,10 @@ class FeedError(BixwebError):
 
 class BrokerError(BixwebError):
     """The broker between the feed process and the web processes failed or sent something unreadable."""
+
+
+class StoreError(BixwebError):
+    """Alert rules, history or annotations could not be written (after a clean start-up)."""
 
 
 class ProtocolError(BixwebError):

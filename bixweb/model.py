@@ -56,7 +56,11 @@ LABEL_INTERVALS: Final = {label: interval for interval, label in INTERVAL_LABELS
 TICKER: Final = "ticker"
 TRADES: Final = "trades"
 BOOK: Final = "book"
-CHANNELS: Final = (TICKER, TRADES, BOOK, *(i.channel for i in Interval))
+ALERTS: Final = "alerts"
+"""Alerts that fired for a symbol; like trades, every message counts (none is conflated)."""
+CHANNELS: Final = (TICKER, TRADES, BOOK, *(i.channel for i in Interval), ALERTS)
+REPLAYED: Final = frozenset({TRADES, ALERTS})
+"""Channels whose every message a resuming client gets again; the others send their latest state."""
 CHANNEL_INTERVALS: Final = {i.channel: i for i in Interval}
 
 

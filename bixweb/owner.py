@@ -15,6 +15,7 @@ import time
 
 from bixweb.brokers import Broker
 from bixweb.config import Settings
+from bixweb.desk import Desk
 from bixweb.feeds import Feed, open_feed
 from bixweb.market import Market
 from bixweb.mirror import seed_of
@@ -27,10 +28,17 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-async def run_market(feed: Feed, market: Market, broker: Broker) -> None:
-    """Apply every event list of ``feed`` to ``market`` and publish what it causes, until the feed ends."""
+async def run_market(feed: Feed, market: Market, broker: Broker, desk: Desk | None = None) -> None:
+    """Apply every event list of ``feed`` to ``market`` and publish what it causes, until the feed ends.
+
+    With a ``desk``, its alert rules are evaluated on each flush window, here,
+    once; the alerts that fire go out with that window on their ``alerts`` streams.
+    """
     async for events in feed.events():
-        outgoing = market.apply(events, now_ms())
+        now = now_ms()
+        outgoing = market.apply(events, now)
+        if desk is not None and outgoing:
+            outgoing += [market.alert_outgoing(alert, now) for alert in desk.observe(outgoing)]
         if outgoing:
             broker.publish(outgoing)
         if any(isinstance(event, History) for event in events):

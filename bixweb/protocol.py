@@ -22,6 +22,8 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 from referencing import Registry, Resource
 
+from bixweb.alerts import Alert, Rule
+from bixweb.annotations import Annotation
 from bixweb.errors import ProtocolError
 from bixweb.model import Book, Candle, Interval, Ticker, Trade
 
@@ -115,7 +117,51 @@ def candle_data(c: Candle) -> Message:
     }
 
 
+def alert_data(a: Alert) -> Message:
+    return {
+        "id": a.id, "rule_id": a.rule_id, "symbol": a.symbol, "condition": a.condition, "level": a.level,
+        "pct": a.pct, "window_s": a.window_s, "direction": a.direction,
+        "change_pct": None if a.change_pct is None else round(a.change_pct, 4), "note": a.note, "owner": a.owner,
+        "price": a.price, "time": a.time_ms, "ticker_seq": a.seq,
+    }
+
+
+def rule_data(r: Rule) -> Message:
+    return {
+        "id": r.id, "symbol": r.symbol, "condition": r.condition, "level": r.level, "pct": r.pct,
+        "window_s": r.window_s, "direction": r.direction, "note": r.note, "repeat": r.repeat, "owner": r.owner,
+        "created": r.created_ms,
+    }
+
+
+def annotation_data(a: Annotation) -> Message:
+    return {"id": a.id, "symbol": a.symbol, "price": a.price, "label": a.label, "owner": a.owner,
+            "created": a.created_ms}
+
+
 # -- server messages --------------------------------------------------------
+
+
+def alert_message(a: Alert, seq: int, now_ms: int, epoch: int) -> Message:
+    return {"type": "alert", "ts": now_ms, "epoch": epoch, "symbol": a.symbol, "seq": seq, "data": alert_data(a)}
+
+
+def alert_rules_message(
+    now_ms: int, op: str, rules: Iterable[Rule], *, history: Iterable[Alert] | None = None,
+    request_id: str | int | None = None,
+) -> Message:
+    message: Message = {"type": "alert_rules", "ts": now_ms, "op": op, "rules": [rule_data(r) for r in rules]}
+    if history is not None:
+        message["history"] = [alert_data(a) for a in history]
+    return _with_id(message, request_id)
+
+
+def annotations_message(
+    now_ms: int, op: str, annotations: Iterable[Annotation], *, request_id: str | int | None = None
+) -> Message:
+    message: Message = {"type": "annotations", "ts": now_ms, "op": op,
+                        "annotations": [annotation_data(a) for a in annotations]}
+    return _with_id(message, request_id)
 
 
 def ticker_message(t: Ticker, seq: int, now_ms: int, epoch: int) -> Message:
@@ -285,7 +331,21 @@ class Ping:
     id: str | int | None = None
 
 
-ClientMessage = Subscribe | Unsubscribe | Ping
+@dataclass(frozen=True, slots=True)
+class DeskRequest:
+    """An alert or annotation request (``alert_create``, ``annotation_add``, …), schema-valid; its
+    values are checked by :func:`bixweb.alerts.rule_from_request` and friends."""
+
+    kind: str
+    fields: Mapping[str, Any]
+    id: str | int | None = None
+
+
+DESK_TYPES: Final = frozenset(
+    {"alert_create", "alert_delete", "alert_list", "annotation_add", "annotation_remove", "annotation_list"}
+)
+
+ClientMessage = Subscribe | Unsubscribe | Ping | DeskRequest
 
 
 def _request_id(obj: Mapping[str, Any]) -> str | int | None:
@@ -332,6 +392,8 @@ def parse_client_message(frame: str | bytes) -> ClientMessage:
         raise ProtocolError("invalid_message", error[1], request_id=request_id, path=error[0])
     if kind == "ping":
         return Ping(request_id)
+    if kind in DESK_TYPES:
+        return DeskRequest(kind, obj, request_id)
     symbols, channels = tuple(obj["symbols"]), tuple(obj["channels"])
     if kind == "subscribe":
         since = obj.get("since")

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +28,8 @@ LISTENING = re.compile(rb"listening on http://[^:]+:(\d+)/")
 
 def fast_settings(**overrides: Any) -> Settings:
     """Settings for in-process tests: seeded, quick ticks, strict outbound validation."""
-    values: dict[str, Any] = {"port": 0, "seed": 7, "tick_rate": 20.0, "status_interval": 0.5, "strict": True}
+    values: dict[str, Any] = {"port": 0, "seed": 7, "tick_rate": 20.0, "status_interval": 0.5, "strict": True,
+                              "data_dir": tempfile.mkdtemp(prefix="bixweb-test-")}
     values.update(overrides)
     return Settings(**values)
 
@@ -56,6 +58,8 @@ class ServerProcess:
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.args = ["--port", "0", *args] if "--port" not in args else list(args)
+        if "--data-dir" not in self.args:  # a store of its own, not the checkout's data/
+            self.args += ["--data-dir", tempfile.mkdtemp(prefix="bixweb-test-")]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0

@@ -27,6 +27,7 @@ def server_command(*, rate: float, symbols: Sequence[str], extra: Sequence[str] 
     """The command line of the server child; every load client comes from loopback, so no connection limits."""
     return [sys.executable, "-m", "bixweb", "--host", "127.0.0.1", "--port", "0",
             "--max-connections", "0", "--max-connections-per-client", "0",
+            "--data-dir", tempfile.mkdtemp(prefix="bixweb-bench-"),
             "--tick-rate", f"{rate:g}", "--symbols", ",".join(symbols), *extra]
 
 

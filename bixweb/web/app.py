@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp_jinja2
@@ -21,6 +22,7 @@ from bixweb.access import Tokens, networks
 from bixweb.brokers import Broker, open_broker
 from bixweb.config import Settings
 from bixweb.dashboard import Dashboard, join_fragments
+from bixweb.desk import Desk
 from bixweb.errors import ConfigError
 from bixweb.feeds import Feed, open_feed
 from bixweb.hub import Hub
@@ -29,6 +31,7 @@ from bixweb.market import Market, Message, Outgoing
 from bixweb.mirror import Mirror, Part, Seed
 from bixweb.owner import run_market
 from bixweb.render import Renderer, environment
+from bixweb.store import STORE_FILE, SQLiteStore
 from bixweb.web import gate, metrics, pages
 from bixweb.web.bot import bot_socket
 from bixweb.web.connection import CLOSE_RESTART
@@ -45,9 +48,12 @@ BROKER = web.AppKey("broker", Broker)
 
 
 async def pump(service: Service, feed: Feed, broker: Broker) -> None:
-    """Feed events → market state → broker, one flush window per event list (this process owns the market)."""
+    """Feed events → market state (and alert rules) → broker, one flush window per event list.
+
+    Runs when this process owns the market.
+    """
     try:
-        await run_market(feed, service.market, broker)
+        await run_market(feed, service.market, broker, service.desk)
     except asyncio.CancelledError:
         raise
     except Exception:
@@ -231,6 +237,7 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
     broker = open_broker(settings.broker, symbols=settings.symbols, history_points=settings.history_points,
                          replay_depth=settings.replay_depth)
     tokens = Tokens.load(settings.tokens, settings.token_file)
+    desk = None if follower else Desk(SQLiteStore(Path(settings.data_dir) / STORE_FILE), settings.symbols)
     ui_hub = Hub(join=join_fragments)
     watchlist = settings.watchlist or settings.symbols[:6]
     service = Service(
@@ -242,6 +249,7 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
         limits=ConnectionLimits(total=settings.max_connections, per_client=settings.max_connections_per_client),
         tokens=tokens,
         trusted_proxies=networks(settings.trusted_proxies),
+        desk=desk,
     )
     announce_access(settings, tokens)
     app = web.Application(middlewares=[gate.trust_forwarded(service)] if settings.trusted_proxies else [])
@@ -264,4 +272,11 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
     app.router.add_static("/static/", protocol.ROOT / "static", name="static")
     app.cleanup_ctx.append(background)
     app.on_shutdown.append(close_sockets)
+    if desk is not None:
+        store = desk.store
+
+        async def close_store(app: web.Application) -> None:
+            store.close()
+
+        app.on_cleanup.append(close_store)
     return app

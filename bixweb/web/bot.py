@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -9,6 +10,7 @@ from collections.abc import Mapping
 from aiohttp import WSMsgType, web
 
 from bixweb import __version__, protocol
+from bixweb.access import presented_token
 from bixweb.errors import ProtocolError
 from bixweb.hub import Outbox
 from bixweb.limits import InboundLimiter
@@ -40,9 +42,13 @@ def initial_streams(query: Mapping[str, str], symbols: list[str], limit: int) ->
 class BotSession:
     """The per-connection logic of the bot protocol: subscriptions and requests."""
 
-    def __init__(self, service: Service, conn: Connection, streams: list[tuple[str, str]]) -> None:
+    def __init__(
+        self, service: Service, conn: Connection, streams: list[tuple[str, str]], *, owner: str = "bot"
+    ) -> None:
         self.service = service
         self.conn = conn
+        self.owner = owner
+        """Who this bot is for its alert rules: its token's fingerprint, else its address."""
         self.streams: set[tuple[str, str]] = set()
         self.limiter = InboundLimiter(service.settings.max_messages_per_s, time.monotonic())
         self._subscribe(streams)
@@ -117,6 +123,9 @@ class BotSession:
         if isinstance(request, protocol.Ping):
             self.send(protocol.pong_message(now_ms(), request.id))
             return
+        if isinstance(request, protocol.DeskRequest):
+            self.handle_desk(request)
+            return
         market = self.service.market
         streams = protocol.resolve_streams(
             request.symbols, request.channels, market.symbols, CHANNELS, request_id=request.id
@@ -147,6 +156,33 @@ class BotSession:
             self._listen()
             self._ack("unsubscribe", symbols, channels, request.id)
 
+    def handle_desk(self, request: protocol.DeskRequest) -> None:
+        """Alert rules and annotations: create, delete, list."""
+        desk = self.service.desk
+        if desk is None:
+            raise ProtocolError("unavailable", "alerts and annotations are kept by the feed process; "
+                                "with --broker redis:// they are not available yet", request_id=request.id)
+        kind, fields, rid, now = request.kind, request.fields, request.id, now_ms()
+        if kind == "alert_create":
+            rule = desk.create_rule(fields, owner=self.owner, now_ms=now, request_id=rid)
+            event(log, logging.INFO, "alert_rule_created", session=self.conn.session, rule=rule.id, symbol=rule.symbol)
+            self.send(protocol.alert_rules_message(now, "created", [rule], request_id=rid))
+        elif kind == "alert_delete":
+            rule = desk.delete_rule(str(fields["rule_id"]), request_id=rid)
+            self.send(protocol.alert_rules_message(now, "deleted", [rule], request_id=rid))
+        elif kind == "alert_list":
+            self.send(protocol.alert_rules_message(now, "list", desk.rules(), history=desk.alerts(), request_id=rid))
+        elif kind == "annotation_add":
+            annotation = desk.add_annotation(fields, owner=self.owner, now_ms=now, request_id=rid)
+            self.send(protocol.annotations_message(now, "added", [annotation], request_id=rid))
+        elif kind == "annotation_remove":
+            annotation = desk.remove_annotation(str(fields["annotation_id"]), request_id=rid)
+            self.send(protocol.annotations_message(now, "removed", [annotation], request_id=rid))
+        else:
+            symbol = fields.get("symbol")
+            self.send(protocol.annotations_message(
+                now, "list", desk.annotations_of(symbol if isinstance(symbol, str) else None), request_id=rid))
+
     def _ack(
         self, op: str, symbols: list[str], channels: list[str], request_id: str | int | None,
         *, recovered: bool | None = None,
@@ -160,6 +196,14 @@ class BotSession:
 
     def close(self) -> None:
         self.service.hub.remove(self.conn)
+
+
+def bot_owner(request: web.Request, service: Service) -> str:
+    """A name for a bot that outlives its connection: a fingerprint of its token, else its address."""
+    token = presented_token(request.headers, request.query) if service.tokens else None
+    if token is not None:
+        return "bot:" + hashlib.sha256(token.encode()).hexdigest()[:12]
+    return f"bot:{request.remote or '-'}"
 
 
 async def bot_socket(request: web.Request) -> web.StreamResponse:
@@ -193,7 +237,7 @@ async def _serve(request: web.Request, service: Service) -> web.StreamResponse:
         outbox=Outbox(max_messages=settings.outbox_messages, max_bytes=settings.outbox_bytes),
     )
     service.opened(conn)
-    session = BotSession(service, conn, streams)
+    session = BotSession(service, conn, streams, owner=bot_owner(request, service))
     session.start()  # the snapshot is queued where the subscription starts: no update can come between
     welcome = session.welcome()
     try:
