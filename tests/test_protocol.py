@@ -16,8 +16,12 @@ from bixweb.model import CHANNELS
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_TYPES = {
     "welcome", "initial_data", "market_update", "trade", "book", "candle", "status", "pong", "ack", "error", "batch",
+    "alert", "alert_rules", "annotations",
 }
-CLIENT_TYPES = {"subscribe", "unsubscribe", "ping"}
+CLIENT_TYPES = {
+    "subscribe", "unsubscribe", "ping",
+    "alert_create", "alert_delete", "alert_list", "annotation_add", "annotation_remove", "annotation_list",
+}
 
 
 def test_every_schema_file_is_a_valid_draft_2020_12_schema(schemas: protocol.SchemaSet) -> None:
@@ -32,6 +36,8 @@ def test_there_is_a_schema_per_message_type_and_direction(schemas: protocol.Sche
     assert set(schemas.validators["server"]) == SERVER_TYPES
     assert set(schemas.validators["client"]) == CLIENT_TYPES
     assert set(schemas.validators["ui"]) == {"action"}
+    assert len(SERVER_TYPES) == 14 and len(CLIENT_TYPES) == 9  # a type added or dropped: update the lists
+    assert protocol.DESK_TYPES <= CLIENT_TYPES
 
 
 def doc_examples() -> list[dict[str, object]]:
@@ -140,7 +146,34 @@ def test_the_asyncapi_document_references_every_schema_file() -> None:
     resolved = {(ROOT / "docs" / ref).resolve() for ref in refs}
     assert all(path.is_file() for path in resolved), sorted(map(str, resolved))
     message_files = {p.resolve() for d in ("server", "client") for p in (ROOT / "schemas" / d).glob("*.json")}
-    assert message_files <= resolved
+    expected = {(ROOT / "schemas" / "server" / f"{kind}.json").resolve() for kind in SERVER_TYPES} | {
+        (ROOT / "schemas" / "client" / f"{kind}.json").resolve() for kind in CLIENT_TYPES
+    }
+    assert message_files == expected, "a schema file that is not a known message type, or one missing"
+    assert message_files <= resolved, sorted(map(str, message_files - resolved))
+    messages = doc["components"]["messages"]
+    assert {m["name"] for m in messages.values()} == SERVER_TYPES | CLIENT_TYPES | {"ui_fragment", "ui_form"}
+    for m in messages.values():
+        if m["name"] in SERVER_TYPES | CLIENT_TYPES:
+            direction = "server" if m["name"] in SERVER_TYPES else "client"
+            assert m["payload"]["schema"]["$ref"] == f"../schemas/{direction}/{m['name']}.json", m["name"]
+    bots = doc["channels"]["bots"]["messages"]
+
+    def names(action: str) -> set[str]:
+        found = set()
+        for op in doc["operations"].values():
+            if op["action"] == action and op["channel"]["$ref"] == "#/channels/bots":
+                for ref in op["messages"]:
+                    key = bots[ref["$ref"].removeprefix("#/channels/bots/messages/")]["$ref"]
+                    found.add(messages[key.removeprefix("#/components/messages/")]["name"])
+        return found
+
+    sent, received = names("send"), names("receive")
+    assert sent == SERVER_TYPES
+    assert received == CLIENT_TYPES
+    assert {messages[m["$ref"].removeprefix("#/components/messages/")]["name"] for m in bots.values()} == (
+        SERVER_TYPES | CLIENT_TYPES
+    )
 
 
 def test_the_book_checksum_is_crc32_of_the_documented_string() -> None:
