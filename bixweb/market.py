@@ -21,9 +21,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bixweb import protocol
+from bixweb.alerts import Alert
 from bixweb.model import (
+    ALERTS,
     BOOK,
     CHANNEL_INTERVALS,
+    REPLAYED,
     TICKER,
     TRADES,
     Book,
@@ -269,13 +272,14 @@ class SymbolState:
             self.recompute_window(trade.time)
         return closed
 
-    def set_candle(self, interval: Interval, candle: Candle) -> list[Candle]:
-        """Take the exchange's candle of ``interval``; return the closed candles to report.
+    def set_candle(self, interval: Interval, candle: Candle) -> tuple[list[Candle], bool]:
+        """Take the exchange's candle of ``interval``.
 
-        A candle newer than the forming one closes that one first; one with
-        the same start replaces it (and closes it, if the exchange says so);
-        a closed candle for the last closed start corrects it. Older updates
-        change nothing.
+        Returns the closed candles to report and whether the forming one
+        changed. A candle newer than the forming one closes that one first;
+        one with the same start replaces it (and closes it, if the exchange
+        says so); a closed candle for the last closed start corrects it.
+        Older updates change nothing.
         """
         reported: list[Candle] = []
         closed = self.closed[interval]
@@ -285,21 +289,22 @@ class SymbolState:
             closed.append(done)
             reported.append(done)
             current = self.forming[interval] = None
-        if current is None and closed and candle.start <= closed[-1].start:
-            if candle.closed and candle.start == closed[-1].start and candle != closed[-1]:
-                closed[-1] = candle
+        latest = current.start if current is not None else closed[-1].start if closed else None
+        changed = False
+        if latest is None or candle.start > latest or (current is not None and candle.start == current.start):
+            if candle.closed:
+                closed.append(candle)
+                self.forming[interval] = None
                 reported.append(candle)
-        elif current is not None and candle.start < current.start:
-            pass
-        elif candle.closed:
-            closed.append(candle)
-            self.forming[interval] = None
+            else:
+                self.forming[interval] = candle
+                changed = True
+        elif candle.closed and closed and candle.start == closed[-1].start and candle != closed[-1]:
+            closed[-1] = candle
             reported.append(candle)
-        else:
-            self.forming[interval] = candle
         if interval is Interval.M1 and reported:
             self.recompute_window(reported[-1].start + interval.value)
-        return reported
+        return reported, changed
 
 
 class Market:
@@ -345,7 +350,7 @@ class Market:
 
     def _record(self, out: list[Outgoing], stream: str, message: Message, *, conflate: bool) -> None:
         """Keep ``message`` for resuming clients and queue it for fan-out."""
-        if stream.startswith(TRADES + ":"):
+        if stream.partition(":")[0] in REPLAYED:
             recent = self.recent.get(stream)
             if recent is None:
                 recent = self.recent[stream] = deque(maxlen=self.replay_depth)
@@ -388,9 +393,11 @@ class Market:
                 state.add_stats(event)
             else:
                 state.time = max(state.time, event.time)
-                for candle in state.set_candle(event.interval, event.candle):
+                done, changed = state.set_candle(event.interval, event.candle)
+                for candle in done:
                     self._candle(out, event.symbol, event.interval, candle, now_ms)
-                forming[(event.symbol, event.interval)] = None
+                if changed:
+                    forming[(event.symbol, event.interval)] = None
         for symbol, interval in forming:
             latest = self.states[symbol].forming[interval]
             if latest is not None:
@@ -402,6 +409,14 @@ class Market:
                 self._record(out, stream, protocol.ticker_message(state.ticker(), seq, now_ms, self.epoch),
                              conflate=True)
         return out
+
+    def alert_outgoing(self, alert: Alert, now_ms: int) -> Outgoing:
+        """Number and record an alert that fired, on its symbol's ``alerts`` stream."""
+        stream, seq = self._next_seq(ALERTS, alert.symbol)
+        message = protocol.alert_message(alert, seq, now_ms, self.epoch)
+        out: list[Outgoing] = []
+        self._record(out, stream, message, conflate=False)
+        return out[0]
 
     def replay(self, since: protocol.Since, streams: Iterable[tuple[str, str]]) -> list[Message] | None:
         """What a client at ``since`` missed on ``streams``, or None if that cannot be told.
@@ -422,7 +437,7 @@ class Market:
                 return None
             if last == current:
                 continue
-            if channel != TRADES:
+            if channel not in REPLAYED:
                 missed.append(self.latest[stream])
                 continue
             recent = self.recent.get(stream, deque())
@@ -455,6 +470,8 @@ class Market:
             elif channel == BOOK:
                 if state.book is not None:
                     books[symbol] = protocol.book_data(state.book)
+            elif channel == ALERTS:
+                pass  # its seq says where the stream stands; the history is in alert_list
             else:
                 interval = CHANNEL_INTERVALS[channel]
                 candles.setdefault(interval.label, {})[symbol] = [

@@ -6,7 +6,7 @@ from collections import Counter
 
 from bixweb import protocol
 from bixweb.market import DAY_MS, Market
-from bixweb.model import Book, Candle, History, Interval, Trade
+from bixweb.model import Book, Candle, CandleUpdate, History, Interval, TickerStats, Trade
 
 T0 = 1_764_158_400_000  # a whole hour
 
@@ -132,3 +132,84 @@ def test_state_messages_conflate_and_trades_do_not() -> None:
     classes = {(o.message["type"], o.message.get("data", {}).get("closed")): o.conflate for o in out}
     assert classes == {("trade", None): False, ("book", None): True, ("market_update", None): True,
                        ("candle", False): True, ("candle", True): False}
+
+
+# -- an exchange's own statistics and candles ---------------------------------------------------
+
+
+def stats(price: float = 100.0, at: int = T0, **values: float) -> TickerStats:
+    fields = {"bid": 99.0, "ask": 101.0, "open": 80.0, "high": 120.0, "low": 70.0, "volume": 5000.0,
+              "quote_volume": 450_000.0, **values}
+    return TickerStats("BTCUSDT", price=price, time=at, **fields)
+
+
+def minute(start: int, close: float, volume: float, closed: bool = False) -> CandleUpdate:
+    return CandleUpdate("BTCUSDT", Interval.M1, Candle(start, 90.0, 130.0, 60.0, close, volume, closed), start + 1)
+
+
+def test_exchange_statistics_replace_the_derived_ones_and_stretch_to_the_last_trade() -> None:
+    market = Market(["BTCUSDT"])
+    out = market.apply([stats(at=T0)], T0)
+    (update,) = [o.message for o in out]
+    assert update["type"] == "market_update" and protocol.schemas().errors("server", update) == []
+    assert update["data"] == {"price": 100.0, "bid": 99.0, "ask": 101.0, "open": 80.0, "high": 120.0, "low": 70.0,
+                              "volume": 5000.0, "quote_volume": 450_000.0, "change": 20.0, "change_pct": 25.0,
+                              "time": T0}
+    market.apply([trade(1, 125.0, at=T0 + 10), Book("BTCUSDT", ((124.0, 1.0),), ((126.0, 1.0),), T0 + 11)], T0 + 11)
+    ticker = market.states["BTCUSDT"].ticker()
+    assert (ticker.price, ticker.high, ticker.low, ticker.bid, ticker.ask) == (125.0, 125.0, 70.0, 124.0, 126.0)
+    assert ticker.volume == 5000.0  # the exchange's count, not ours
+    market.apply([stats(price=119.0, at=T0 + 5)], T0 + 12)  # older than the last trade: its price does not win
+    assert market.states["BTCUSDT"].price == 125.0
+    market.apply([stats(price=118.0, at=T0 + 20, high=126.0)], T0 + 20)
+    assert market.states["BTCUSDT"].ticker().price == 118.0 and market.states["BTCUSDT"].direction == "down"
+
+
+def test_an_exchange_candle_replaces_the_forming_one_and_closes_it() -> None:
+    market = Market(["BTCUSDT"])
+    market.apply([trade(1, 100.0, 2.0, T0 + 5_000)], T0 + 5_000)
+    out = market.apply([minute(T0, 110.0, 33.0)], T0 + 6_000)
+    candles = [o.message for o in out if o.message["type"] == "candle"]
+    assert [(c["interval"], c["data"]["volume"], c["data"]["closed"]) for c in candles] == [("1m", 33.0, False)]
+    market.apply([trade(2, 111.0, 1.0, T0 + 7_000)], T0 + 7_000)
+    assert market.states["BTCUSDT"].forming[Interval.M1] == Candle(T0, 90.0, 130.0, 60.0, 111.0, 34.0)
+    out = market.apply([minute(T0, 112.0, 40.0, closed=True)], T0 + 60_500)
+    (closed,) = [o.message for o in out if o.message["type"] == "candle"]
+    assert closed["data"]["closed"] and closed["data"]["volume"] == 40.0 and not out[0].conflate
+    state = market.states["BTCUSDT"]
+    assert state.forming[Interval.M1] is None and state.closed[Interval.M1][-1].volume == 40.0
+    market.apply([trade(3, 113.0, 1.0, T0 + 59_999)], T0 + 60_600)  # late: the closed candle counts it already
+    assert state.forming[Interval.M1] is None and len(state.closed[Interval.M1]) == 1
+    for o in out:
+        assert protocol.schemas().errors("server", o.message) == []
+
+
+def test_an_exchange_candle_of_a_later_minute_closes_ours_and_a_late_close_corrects_it() -> None:
+    market = Market(["BTCUSDT"])
+    market.apply([trade(1, 100.0, 2.0, T0 + 5_000)], T0 + 5_000)
+    out = market.apply([minute(T0 + 60_000, 101.0, 1.0)], T0 + 61_000)
+    assert [(o.message["data"]["start"], o.message["data"]["closed"]) for o in out
+            if o.message["type"] == "candle"] == [(T0, True), (T0 + 60_000, False)]
+    out = market.apply([minute(T0, 100.5, 2.5, closed=True)], T0 + 61_500)  # the exchange's word on that minute
+    assert [(o.message["data"]["start"], o.message["data"]["volume"]) for o in out
+            if o.message["type"] == "candle"] == [(T0, 2.5)]
+    assert market.states["BTCUSDT"].closed[Interval.M1][-1].volume == 2.5
+    out = market.apply([minute(T0, 100.5, 9.0)], T0 + 62_000)  # a forming update of a minute closed already
+    assert [o.message["type"] for o in out] == ["market_update"]
+    assert market.states["BTCUSDT"].closed[Interval.M1][-1].volume == 2.5
+
+
+def test_an_exchange_candle_changes_no_exchange_ticker() -> None:
+    market = Market(["BTCUSDT"])
+    market.apply([stats()], T0)
+    out = market.apply([minute(T0, 100.0, 1.0)], T0 + 1)
+    assert [o.message["type"] for o in out] == ["candle"]
+
+
+def test_a_recorded_history_replayed_later_keeps_its_24h_window() -> None:
+    minutes = tuple(Candle(T0 - (1440 - n) * 60_000, 100.0, 110.0, 90.0, 100.0, 2.0, True) for n in range(1440))
+    live, replayed = Market(["BTCUSDT"]), Market(["BTCUSDT"])
+    live.apply([History("BTCUSDT", minutes)], T0 + 1_234)
+    replayed.apply([History("BTCUSDT", minutes)], T0 + 5 * DAY_MS)
+    assert live.states["BTCUSDT"].ticker() == replayed.states["BTCUSDT"].ticker()
+    assert replayed.states["BTCUSDT"].ticker().volume == 1439 * 2.0

@@ -92,6 +92,21 @@ async def test_the_feed_yields_history_then_ticks_at_the_tick_rate() -> None:
     assert 0.15 < elapsed < 1.0  # ten ticks at 50/s
 
 
+async def test_at_max_speed_the_market_keeps_its_own_clock_and_does_not_wait() -> None:
+    feed = SimulatedFeed(SimulatedMarket(["BTCUSDT"], seed=1, tick_rate=10.0), 10.0, speed=None)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    batches = [batch async for batch in islice_async(feed.events(), 301)]
+    assert loop.time() - started < 1.0  # 30 s of market
+    assert isinstance(batches[0][0], History)
+    books = [next(e for e in batch if isinstance(e, Book)) for batch in batches[1:]]
+    first = books[0].time
+    assert [b.time - first for b in books] == [n * 100 for n in range(300)]
+    again = SimulatedMarket(["BTCUSDT"], seed=1, tick_rate=10.0)
+    again.history(first - 100)
+    assert [again.tick(first + n * 100) for n in range(300)] == batches[1:]  # the same market, only sooner
+
+
 async def islice_async(source: AsyncIterator[T], count: int) -> AsyncIterator[T]:
     n = 0
     async for item in source:

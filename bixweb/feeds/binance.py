@@ -26,7 +26,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from bixweb.errors import ConfigError
-from bixweb.feeds.exchange import ConnectionOptions, ExchangeFeed, MalformedFrame, Parsed
+from bixweb.feeds.adapter import MalformedFrame, Parsed
+from bixweb.feeds.exchange import ConnectionOptions, ExchangeFeed
 from bixweb.feeds.urls import seconds, url_options
 from bixweb.model import LABEL_INTERVALS, Book, Candle, CandleUpdate, Side, TickerStats, Trade
 

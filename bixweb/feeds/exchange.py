@@ -1,15 +1,16 @@
-"""Exchange feeds: one reconnecting WebSocket loop, and one adapter per exchange.
+"""Exchange feeds: one reconnecting WebSocket loop, whatever the exchange.
 
-An :class:`ExchangeAdapter` knows one exchange's formats and nothing of
-sockets: the URL that carries some symbols' streams, what to send once
-connected, and which market events a text frame holds. :class:`ExchangeFeed`
-knows sockets and nothing of formats. It connects; reads; answers the
+An :class:`~bixweb.feeds.adapter.ExchangeAdapter` knows one exchange's
+formats and nothing of sockets: the URL that carries some symbols' streams,
+what to send once connected, and which market events a text frame holds.
+:class:`ExchangeFeed` knows sockets and nothing of formats. It connects; reads; answers the
 exchange's pings (aiohttp's ``autoping``) and sends its own, so a dead link
 is noticed; reconnects with jittered exponential backoff; gives up on a
 connection that sends no data for ``silence`` seconds; and replaces each
 connection before the exchange's age limit, make before break, so that the
 24 h disconnect loses nothing. The frames of each flush window go to an
-:class:`Intake`, which turns them into events without any I/O.
+:class:`~bixweb.feeds.adapter.Intake`, which turns them into events
+without any I/O.
 
 The feed yields only what the exchange sent: while it is disconnected or
 silent it yields nothing, so the app's watchdog reports the feed ``stale``.
@@ -26,54 +27,22 @@ import contextlib
 import logging
 import random
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final
 
 import aiohttp
 
 from bixweb.errors import FeedError
-from bixweb.model import MarketEvent, Trade
+from bixweb.feeds.adapter import ExchangeAdapter, Frame, Intake
+from bixweb.logs import event
+from bixweb.model import MarketEvent
 
 log = logging.getLogger("bixweb.feeds.exchange")
 
 QUEUE_FRAMES: Final = 10_000
 """Frames read but not yet taken; a reader waits (and the exchange's pings wait with it) past this."""
 MAX_FRAME_BYTES: Final = 1 << 20
-MALFORMED_LOG_EVERY_MS: Final = 60_000
-
-
-class MalformedFrame(ValueError):
-    """A frame an adapter cannot read. Its message names the fault, never the frame's content."""
-
-
-@dataclass(frozen=True, slots=True)
-class Parsed:
-    """What one frame holds."""
-
-    events: tuple[MarketEvent, ...] = ()
-    reconnect: bool = False
-    """The exchange announced that it will close this connection: replace it now."""
-
-
-class ExchangeAdapter(Protocol):
-    """One exchange's formats. No I/O: values in, values out."""
-
-    name: str
-    """For logs and errors: ``"binance"``."""
-
-    def connect_url(self, symbols: Sequence[str]) -> str:
-        """The WebSocket URL to open for ``symbols``."""
-        ...
-
-    def subscribe_frames(self, symbols: Sequence[str]) -> list[str]:
-        """Text frames to send once connected (none when the URL subscribes)."""
-        ...
-
-    def parse(self, frame: str | bytes, received_ms: int) -> Parsed:
-        """The events of one frame; :class:`MalformedFrame` if it cannot be read."""
-        ...
 
 
 def now_ms() -> int:
@@ -95,126 +64,6 @@ def backoff(
     while True:
         yield rng.uniform(ceiling / 2, ceiling)
         ceiling = min(ceiling * factor, maximum)
-
-
-class RecentIds:
-    """The last ``depth`` trade ids of each symbol: a trade seen twice is dropped.
-
-    Two connections overlap while one replaces the other; both carry the
-    trades of that moment.
-    """
-
-    def __init__(self, depth: int = 4_096) -> None:
-        self.depth = depth
-        self._order: dict[str, deque[int]] = {}
-        self._ids: dict[str, set[int]] = {}
-
-    def first_time(self, symbol: str, trade_id: int) -> bool:
-        """True the first time ``(symbol, trade_id)`` is seen (within the last ``depth``)."""
-        ids = self._ids.setdefault(symbol, set())
-        if trade_id in ids:
-            return False
-        order = self._order.setdefault(symbol, deque())
-        order.append(trade_id)
-        ids.add(trade_id)
-        if len(order) > self.depth:
-            ids.discard(order.popleft())
-        return True
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One text frame as read: which connection, when, what."""
-
-    connection: int
-    received_ms: int
-    data: str | bytes
-
-
-class Intake:
-    """Frames → market events, for one feed. No I/O (it logs).
-
-    * a frame the adapter cannot read is counted and logged without its
-      content (the first at once, then a count at most once a minute);
-    * events for symbols the feed does not carry are dropped, each symbol
-      logged once;
-    * a configured symbol the exchange has sent nothing for, ``unlisted_after``
-      ms after data began, is logged once: the exchange may not list it;
-    * trades seen before are dropped, and while an old connection is being
-      replaced only its trades count (the new one's states are newer).
-    """
-
-    def __init__(self, adapter: ExchangeAdapter, symbols: Iterable[str], *, unlisted_after_ms: int = 60_000) -> None:
-        self.adapter = adapter
-        self.symbols = frozenset(symbols)
-        self.unlisted_after_ms = unlisted_after_ms
-        self.newest = 0
-        """The connection whose states count: the latest opened."""
-        self.malformed = 0
-        self.reconnect_asked = False
-        """Set when the exchange announced it will close the newest connection; the feed clears it."""
-        self._recent = RecentIds()
-        self._foreign: set[str] = set()
-        self._heard: set[str] = set()
-        self._data_since: int | None = None
-        self._unlisted_told = False
-        self._malformed_told_ms: int | None = None
-        self._malformed_told = 0
-
-    def take(self, frames: Iterable[Frame], now: int) -> list[MarketEvent]:
-        """The events of ``frames``, in order, as the feed should yield them."""
-        events: list[MarketEvent] = []
-        for frame in frames:
-            try:
-                parsed = self.adapter.parse(frame.data, frame.received_ms)
-            except MalformedFrame as exc:
-                self._malformed(frame, str(exc), now)
-                continue
-            if parsed.reconnect and frame.connection == self.newest:
-                self.reconnect_asked = True
-            current = frame.connection >= self.newest
-            events.extend(e for e in parsed.events if self._admit(e, current))
-        self._look_for_unlisted(now)
-        return events
-
-    def _admit(self, event: MarketEvent, current: bool) -> bool:
-        symbol = event.symbol
-        if symbol not in self.symbols:
-            if symbol not in self._foreign:
-                self._foreign.add(symbol)
-                log.warning("%s sends %s, which bixweb does not carry: ignored", self.adapter.name, symbol)
-            return False
-        self._heard.add(symbol)
-        if isinstance(event, Trade):
-            return self._recent.first_time(symbol, event.id)
-        return current
-
-    def _malformed(self, frame: Frame, fault: str, now: int) -> None:
-        self.malformed += 1
-        told = self._malformed_told_ms
-        if told is not None and now - told < MALFORMED_LOG_EVERY_MS:
-            return
-        since = self.malformed - self._malformed_told
-        self._malformed_told_ms, self._malformed_told = now, self.malformed
-        log.warning(
-            "%s sent a frame bixweb cannot read (%d bytes: %s); %d such frame(s) since the last report, %d in all",
-            self.adapter.name, len(frame.data), fault, since, self.malformed,
-        )
-
-    def _look_for_unlisted(self, now: int) -> None:
-        if self._unlisted_told or not self._heard:
-            return
-        if self._data_since is None:
-            self._data_since = now
-        if now - self._data_since < self.unlisted_after_ms:
-            return
-        self._unlisted_told = True
-        silent = sorted(self.symbols - self._heard)
-        if silent:
-            log.warning(
-                "%s has sent nothing for %s in %.0f s while other symbols flow: not listed there? They stay empty",
-                self.adapter.name, ", ".join(silent), self.unlisted_after_ms / 1000,
-            )
 
 
 @dataclass(slots=True)
@@ -339,8 +188,8 @@ class ExchangeFeed:
                 delay = next(delays)
                 self.status.failures += 1
                 self.status.last_failure = _failure_kind(exc)
-                log.warning("cannot connect to %s (%s); next attempt in %.1f s",
-                            self.adapter.name, self.status.last_failure, delay)
+                event(log, logging.WARNING, "feed_connect_failed", source=self.adapter.name,
+                      failure=self.status.last_failure, retry_in_s=round(delay, 2))
                 await asyncio.sleep(delay)
                 continue
             reader = asyncio.create_task(self._read(conn, frames), name=f"{self.adapter.name}-{conn.number}")
@@ -355,8 +204,8 @@ class ExchangeFeed:
             if conn.delivered:
                 delays = backoff(options.backoff_initial, options.backoff_max, rng=self._rng)
             delay = next(delays)
-            log.warning("the %s connection %d ended (%s); reconnecting in %.1f s",
-                        self.adapter.name, conn.number, self.status.last_failure, delay)
+            event(log, logging.WARNING, "feed_disconnected", source=self.adapter.name, connection=conn.number,
+                  reason=self.status.last_failure, retry_in_s=round(delay, 2))
             await asyncio.sleep(delay)
 
     async def _open(self, session: aiohttp.ClientSession) -> _Connection:
@@ -375,7 +224,8 @@ class ExchangeFeed:
         number = self.status.connections
         self.status.open.add(number)
         self.intake.newest = number
-        log.info("connected to %s (connection %d, %d symbols)", self.adapter.name, number, len(self.symbols))
+        event(log, logging.INFO, "feed_connected", source=self.adapter.name, connection=number,
+              symbols=len(self.symbols))
         return _Connection(number, ws, asyncio.get_running_loop().time())
 
     async def _serve(self, conn: _Connection) -> bool:
@@ -391,8 +241,9 @@ class ExchangeFeed:
             announced.cancel()
         if conn.reader.done():
             return False
-        why = "it announced a shutdown" if self._replace_now.is_set() else "its age limit is near"
-        log.info("replacing the %s connection %d: %s", self.adapter.name, conn.number, why)
+        why = "shutdown_announced" if self._replace_now.is_set() else "age_limit"
+        event(log, logging.INFO, "feed_replacing_connection", source=self.adapter.name, connection=conn.number,
+              reason=why)
         return True
 
     async def _read(self, conn: _Connection, frames: asyncio.Queue[Frame]) -> None:
@@ -425,7 +276,7 @@ class ExchangeFeed:
         """Close a replaced connection once its successor has had time to catch up."""
         await asyncio.sleep(self.options.overlap)
         await conn.ws.close()
-        log.info("closed the replaced %s connection %d", self.adapter.name, conn.number)
+        event(log, logging.INFO, "feed_replaced_connection", source=self.adapter.name, connection=conn.number)
 
     def _keep(self, task: asyncio.Task[None]) -> None:
         self._tasks.add(task)

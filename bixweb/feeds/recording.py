@@ -66,10 +66,10 @@ class Window:
     events: tuple[MarketEvent, ...]
 
 
-def window_time(events: Sequence[MarketEvent], fallback_ms: int) -> int:
-    """The market time of a window: the latest time its events report, else ``fallback_ms``."""
+def window_time(events: Sequence[MarketEvent]) -> int | None:
+    """The market time of a window: the latest time its events report (None if none does)."""
     times = [t for t in map(event_time, events) if t is not None]
-    return max(times) if times else fallback_ms
+    return max(times) if times else None
 
 
 # -- encoding -------------------------------------------------------------------
@@ -86,7 +86,8 @@ def encode_event(event: MarketEvent) -> Json:
         return {"type": "trade", "symbol": event.symbol, "id": event.id, "price": event.price, "qty": event.qty,
                 "side": event.side, "time": event.time}
     if isinstance(event, Book):
-        return {"type": "book", "symbol": event.symbol, "bids": event.bids, "asks": event.asks, "time": event.time}
+        return {"type": "book", "symbol": event.symbol, "bids": [list(level) for level in event.bids],
+                "asks": [list(level) for level in event.asks], "time": event.time}
     if isinstance(event, History):
         return {"type": "history", "symbol": event.symbol,
                 "minutes": [[c.start, c.open, c.high, c.low, c.close, c.volume] for c in event.minutes]}

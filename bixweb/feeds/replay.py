@@ -25,6 +25,7 @@ from bixweb.errors import ConfigError, FeedError
 from bixweb.feeds.progress import TerminalProgress, terminal_progress
 from bixweb.feeds.recording import Header, RecordingReader
 from bixweb.feeds.urls import speed_option, url_options
+from bixweb.logs import event
 from bixweb.model import MarketEvent
 
 log = logging.getLogger("bixweb.feeds.replay")
@@ -57,7 +58,8 @@ class ReplayFeed:
         with RecordingReader(path) as reader:
             self.header: Header = reader.header
             if next(reader.windows(), None) is None:
-                raise FeedError(f"the recording {path} holds no events")
+                cut = " (it is cut short before its first)" if reader.truncated else ""
+                raise FeedError(f"the recording {path} holds no window of events{cut}")
 
     async def events(self) -> AsyncIterator[list[MarketEvent]]:
         loop = asyncio.get_running_loop()
@@ -82,9 +84,9 @@ class ReplayFeed:
                     self.progress.update(reader.fraction, f"{windows} windows", force=True)
                     self.progress.close()
             if reader.truncated:
-                log.warning("the recording %s ends cut short at line %d; replayed what came before", self.path,
-                            reader.line)
-        log.info("the recording %s is over: %d windows replayed", self.path, windows)
+                event(log, logging.WARNING, "replay_cut_short", file=self.path, line=reader.line,
+                      action="replayed what came before")
+        event(log, logging.INFO, "replay_over", file=self.path, windows=windows)
 
 
 def open_replay(url: str, *, symbols: Sequence[str]) -> ReplayFeed:
@@ -101,6 +103,6 @@ def open_replay(url: str, *, symbols: Sequence[str]) -> ReplayFeed:
         )
     left_out = [s for s in symbols if s not in feed.header.symbols]
     if left_out:
-        log.info("the recording %s carries nothing for %d of the symbols (%s): they stay empty",
-                 path, len(left_out), ", ".join(left_out[:5]) + (", …" if len(left_out) > 5 else ""))
+        event(log, logging.INFO, "replay_symbols_missing", file=path, count=len(left_out),
+              symbols=",".join(left_out), action="they stay empty")
     return feed

@@ -191,14 +191,26 @@ def now_ms() -> int:
 
 
 class SimulatedFeed:
-    """Drives a :class:`SimulatedMarket` at ``tick_rate`` ticks per second."""
+    """Drives a :class:`SimulatedMarket` at ``tick_rate`` ticks per second.
 
-    def __init__(self, market: SimulatedMarket, tick_rate: float) -> None:
+    At ``speed=1`` (the default) the ticks follow the wall clock. At another
+    speed the market keeps its own clock, which starts at the wall clock and
+    advances one tick period (``1 / tick_rate`` s) per tick, while the ticks
+    come ``speed`` times as fast; ``speed=None`` does not wait at all (for
+    recording a stretch of market quickly: ``simulated://?speed=max``).
+    """
+
+    def __init__(self, market: SimulatedMarket, tick_rate: float, *, speed: float | None = 1.0) -> None:
         self.market = market
         self.period = 1.0 / tick_rate
+        self.speed = speed
 
     async def events(self) -> AsyncIterator[list[MarketEvent]]:
         """One list of events per tick, history first."""
+        if self.speed != 1.0:
+            async for events in self._own_clock(self.speed):
+                yield events
+            return
         yield list(self.market.history(now_ms()))
         loop = asyncio.get_running_loop()
         deadline = loop.time()
@@ -209,3 +221,15 @@ class SimulatedFeed:
                 deadline = loop.time()  # fell behind: carry on from now, no burst of catch-up ticks
             await asyncio.sleep(max(delay, 0.0))
             yield self.market.tick(now_ms())
+
+    async def _own_clock(self, speed: float | None) -> AsyncIterator[list[MarketEvent]]:
+        start = now_ms()
+        yield list(self.market.history(start))
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        ticks = 0
+        while True:
+            ticks += 1
+            wait = 0.0 if speed is None else began + ticks * self.period / speed - loop.time()
+            await asyncio.sleep(max(wait, 0.0))  # at max speed too: let the loop breathe
+            yield self.market.tick(start + round(ticks * self.period * 1000))
