@@ -69,6 +69,15 @@ class LastPrice:
 
 
 @dataclass(frozen=True, slots=True)
+class PriceLine:
+    """A labelled horizontal line across the plot at one price (a chart annotation)."""
+
+    y: float
+    price_text: str
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
 class Chart:
     """Everything a template needs to draw one candlestick chart."""
 
@@ -83,6 +92,8 @@ class Chart:
     average_label: str
     last_price: LastPrice | None
     empty: bool
+    lines: tuple[PriceLine, ...] = ()
+    """The annotation lines inside the plotted price range, in the order given."""
 
 
 def sma(values: Sequence[float], period: int) -> list[float | None]:
@@ -156,6 +167,7 @@ def build_chart(
     last_price: float | None = None,
     pad_right: int = 64,
     pad_bottom: int = 24,
+    lines: Sequence[tuple[float, str]] = (),
 ) -> Chart:
     """The drawing model of the newest ``max_points`` of ``candles`` (oldest first).
 
@@ -163,6 +175,10 @@ def build_chart(
     its line reaches the left edge when there is enough history. The y scale
     covers the shown lows and highs, the average and ``last_price`` (by
     default the last close) with a 5 % margin. No candles give an empty chart.
+
+    ``lines`` are ``(price, label)`` pairs drawn as horizontal lines; they do
+    not stretch the scale (a far-away line would flatten the candles), so a
+    line outside the plotted range is left out.
     """
     if max_points < 1:
         raise ValueError(f"max_points must be at least 1, not {max_points}")
@@ -184,7 +200,7 @@ def build_chart(
     marker = LastPrice(scale.y(price), f"{price:.{decimals}f}", shown[-1].close >= shown[0].open)
     return Chart(
         width, height, plot_width, plot_height, marks, _price_labels(scale),
-        _time_labels(shown, xs), points, label, marker, False,
+        _time_labels(shown, xs), points, label, marker, False, _price_lines(lines, scale),
     )  # fmt: skip
 
 
@@ -236,6 +252,15 @@ def _price_labels(scale: _YScale) -> tuple[AxisLabel, ...]:
     ticks = nice_ticks(scale.low, scale.high)
     step = ticks[1] - ticks[0] if len(ticks) > 1 else 0.0
     return tuple(AxisLabel(scale.y(tick), format_price(tick, step)) for tick in reversed(ticks))
+
+
+def _price_lines(lines: Sequence[tuple[float, str]], scale: _YScale) -> tuple[PriceLine, ...]:
+    """The lines whose price is within the plotted range (margins included)."""
+    return tuple(
+        PriceLine(scale.y(price), f"{price:.{price_decimals([price])}f}", label)
+        for price, label in lines
+        if math.isfinite(price) and scale.low <= price <= scale.high
+    )
 
 
 def _time_labels(shown: Sequence[Candle], xs: Sequence[float]) -> tuple[AxisLabel, ...]:

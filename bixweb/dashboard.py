@@ -7,6 +7,11 @@ dashboard hub, which sends each page one frame with all its fragments.
 Per-page state (:class:`~bixweb.render.PageView`) only decides who
 receives what. Page actions arrive as htmx form values and are validated
 against ``schemas/ui/action.json``.
+
+The alert desk (:class:`~bixweb.desk.Desk`), when this process has one,
+is drawn the same way: its listener marks ``alert-rules``, ``alerts`` and
+``alert-history`` (every page shows them) or ``annotations:<SYMBOL>`` (the
+symbol's line list and charts) dirty, and the next flush renders each once.
 """
 
 from __future__ import annotations
@@ -17,13 +22,19 @@ from dataclasses import replace
 from typing import Any
 
 from bixweb import protocol
+from bixweb.annotations import Annotation
+from bixweb.desk import Change, Desk
 from bixweb.errors import ProtocolError
 from bixweb.hub import Hub
 from bixweb.market import Market, Outgoing
 from bixweb.model import BOOK, TICKER, TRADES, Interval
-from bixweb.render import PERIODS, PageView, Renderer, Status, parse_chart_key
+from bixweb.render import DESK_FRAGMENTS, PERIODS, PageView, Renderer, Status, parse_chart_key
 
 MAX_WATCHLIST = 24
+DESK_ACTIONS = frozenset({"alert_create", "alert_delete", "annotation_add", "annotation_remove"})
+UNAVAILABLE = "alerts are not available on this server"
+CROSS_FIELDS = ("level",)
+MOVE_FIELDS = ("pct", "window_s", "direction")
 
 
 def join_fragments(parts: Sequence[bytes]) -> bytes:
@@ -65,6 +76,17 @@ def apply_action(view: PageView, values: Mapping[str, Any], symbols: Sequence[st
     )
 
 
+def rule_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A rule form's values for :meth:`Desk.create_rule`.
+
+    The form has inputs for both kinds of condition (there is no script to
+    hide the others), so those of the kind not chosen are dropped here;
+    everything else is the desk's to check.
+    """
+    unused = MOVE_FIELDS if values.get("condition") in ("above", "below") else CROSS_FIELDS
+    return {name: value for name, value in values.items() if name not in unused and name != "headers"}
+
+
 class PageStore:
     """Page id → :class:`PageView`, so a page that reconnects finds its choices; bounded, oldest out."""
 
@@ -88,7 +110,8 @@ class PageStore:
 class Dashboard:
     """Renders live fragments once per change for every page that shows them."""
 
-    def __init__(self, market: Market, renderer: Renderer, hub: Hub, *, watchlist: Sequence[str]) -> None:
+    def __init__(self, market: Market, renderer: Renderer, hub: Hub, *, watchlist: Sequence[str],
+                 desk: Desk | None = None) -> None:
         self.market = market
         self.renderer = renderer
         self.hub = hub
@@ -96,6 +119,18 @@ class Dashboard:
         self.pages = PageStore()
         self._dirty: dict[str, None] = {}
         self.renders = 0
+        self.desk = desk
+        if desk is not None:
+            desk.listeners.append(self.desk_changed)
+
+    def desk_changed(self, change: Change) -> None:
+        """The desk's listener: mark the fragments a change touches (the next flush renders them)."""
+        if change == "rules":
+            self._dirty["alert-rules"] = None
+        elif change == "alerts":
+            self._dirty.update(dict.fromkeys(("alerts", "alert-history")))
+        else:  # annotations:<SYMBOL>
+            self._dirty[change] = None
 
     def default_view(self) -> PageView:
         return PageView(symbol=self.default_watchlist[0], watchlist=self.default_watchlist)
@@ -111,6 +146,12 @@ class Dashboard:
     def _fragment_keys(self, stream: str, charts: list[str]) -> list[str]:
         """The watched fragments a changed market stream touches; ``charts``: the watched chart keys."""
         channel, _, symbol = stream.partition(":")
+        if stream in DESK_FRAGMENTS:
+            return [stream] if self.hub.has_subscribers(stream) else []
+        if channel == "annotations":  # the line list, and every chart of the symbol
+            prefix = f"chart:{symbol}:"
+            lines = [stream] if self.hub.has_subscribers(stream) else []
+            return lines + [key for key in charts if key.startswith(prefix)]
         if channel in (TICKER, TRADES, BOOK):
             key = f"{channel}:{symbol}"
             return [key] if self.hub.has_subscribers(key) else []
@@ -124,7 +165,10 @@ class Dashboard:
             raise ValueError("status is rendered by broadcast_status")
         if kind == "chart":
             symbol, interval, average, period = parse_chart_key(key)
-            return self.renderer.chart(self.market.states[symbol], interval, average, period)
+            return self.renderer.chart(self.market.states[symbol], interval, average, period,
+                                       self.annotations_of(symbol))
+        if kind in DESK_FRAGMENTS or kind == "annotations":
+            return self.render_desk(key)
         state = self.market.states[rest]
         if kind == TICKER:
             return self.renderer.ticker_card(state)
@@ -145,6 +189,43 @@ class Dashboard:
         self.renders += len(parts)
         self.hub.publish_encoded(parts)
 
+    def annotations_of(self, symbol: str) -> list[Annotation]:
+        return [] if self.desk is None else self.desk.annotations_of(symbol)
+
+    def render_desk(self, key: str) -> str:
+        """``alerts``, ``alert-history``, ``alert-rules`` or ``annotations:<SYMBOL>``."""
+        desk, r = self.desk, self.renderer
+        available = desk is not None
+        if key == "alerts":
+            return r.alerts(desk.alerts() if desk else [], available=available)
+        if key == "alert-history":
+            return r.alert_history(desk.alerts() if desk else [], available=available)
+        if key == "alert-rules":
+            return r.alert_rules(desk.rules() if desk else [], available=available)
+        symbol = key.removeprefix("annotations:")
+        return r.annotations(symbol, self.annotations_of(symbol), available=available)
+
+    def desk_action(self, values: Mapping[str, Any], *, page: str, now_ms: int) -> bytes | None:
+        """Apply a page's alert or annotation form; a fragment for that page only, or None.
+
+        Everybody's fragments follow from the desk's listener. A refused
+        form is a :class:`ProtocolError` with the desk's human message.
+        """
+        desk = self.desk
+        if desk is None:
+            raise ProtocolError("unavailable", UNAVAILABLE)
+        action, owner = values["action"], f"page:{page}"
+        if action == "alert_create":
+            rule = desk.create_rule(rule_fields(values), owner=owner, now_ms=now_ms)
+            return self.renderer.alert_form(rule.symbol, available=True).encode()  # a fresh, empty form
+        if action == "alert_delete":
+            desk.delete_rule(values["rule_id"])
+        elif action == "annotation_add":
+            desk.add_annotation(values, owner=owner, now_ms=now_ms)
+        else:
+            desk.remove_annotation(values["annotation_id"])
+        return None
+
     def status(self, status: Status) -> bytes:
         return self.renderer.status(status).encode()
 
@@ -160,9 +241,12 @@ class Dashboard:
             self.renderer.status(status),
             self.renderer.tickers((states[s] for s in view.watchlist), addable),
             self.renderer.controls(view, symbols),
-            self.renderer.chart(states[view.symbol], view.interval, view.average, view.period),
+            self.renderer.chart(states[view.symbol], view.interval, view.average, view.period,
+                                self.annotations_of(view.symbol)),
             self.renderer.trades(states[view.symbol]),
             self.renderer.book(states[view.symbol]),
+            self.renderer.alert_form(view.symbol, available=self.desk is not None),
+            *(self.render_desk(key) for key in (*DESK_FRAGMENTS, f"annotations:{view.symbol}")),
         ]
         return join_fragments([p.encode() for p in parts])
 
@@ -171,13 +255,20 @@ class Dashboard:
         states = self.market.states
         state = states[view.symbol]
         addable = [s for s in self.market.symbols if s not in view.watchlist]
-        r = self.renderer
+        r, desk = self.renderer, self.desk
+        available = desk is not None
+        alerts = desk.alerts() if desk else []
         return {
             "view": view,
             "status": status,
             **r.tickers_context((states[s] for s in view.watchlist), addable),
             **r.controls_context(view, self.market.symbols),
-            **r.chart_context(state, view.interval, view.average, view.period),
+            **r.chart_context(state, view.interval, view.average, view.period, self.annotations_of(view.symbol)),
             **r.trades_context(state),
             **r.book_context(state),
+            **r.alerts_context(alerts, available=available),
+            **r.alert_history_context(alerts, available=available),
+            **r.alert_rules_context(desk.rules() if desk else [], available=available),
+            **r.alert_form_context(view.symbol, available=available),
+            **r.annotations_context(view.symbol, self.annotations_of(view.symbol), available=available),
         }

@@ -18,11 +18,18 @@ from typing import Any
 import jinja2
 
 from bixweb import charts
+from bixweb.alerts import Alert, Rule
+from bixweb.annotations import Annotation
 from bixweb.market import SymbolState
 from bixweb.model import Interval
 
 AVERAGES = ("sma", "ema")
 PERIODS = (5, 10, 20, 50)
+DESK_FRAGMENTS = ("alerts", "alert-history", "alert-rules")
+"""Fragment keys of the alert desk that every page shows, the same for all."""
+ALERTS_NOTIFIED = 3
+HISTORY_SHOWN = 50
+RULES_SHOWN = 100
 
 
 def environment(templates: Path) -> jinja2.Environment:
@@ -58,6 +65,7 @@ class PageView:
         return frozenset(
             {f"ticker:{s}" for s in self.watchlist}
             | {self.chart_key, f"trades:{self.symbol}", f"book:{self.symbol}", "status"}
+            | {*DESK_FRAGMENTS, f"annotations:{self.symbol}"}
         )
 
 
@@ -142,18 +150,22 @@ class Renderer:
     def tickers(self, states: Iterable[SymbolState], addable: Sequence[str], *, oob: bool = True) -> str:
         return self._render("fragments/tickers.html", **self.tickers_context(states, addable), oob=oob)
 
-    def chart_context(self, state: SymbolState, interval: Interval, average: str, period: int) -> dict[str, Any]:
+    def chart_context(self, state: SymbolState, interval: Interval, average: str, period: int,
+                      annotations: Sequence[Annotation] = ()) -> dict[str, Any]:
         chart = charts.build_chart(
             state.candles(interval, self.chart_points),
             max_points=self.chart_points,
             average="ema" if average == "ema" else "sma",
             period=period,
             last_price=state.price if state.has_price else None,
+            lines=[(a.price, a.label) for a in annotations],
         )
         return {"chart": chart, "chart_symbol": state.symbol, "chart_interval": interval.label}
 
-    def chart(self, state: SymbolState, interval: Interval, average: str, period: int, *, oob: bool = True) -> str:
-        return self._render("fragments/chart.html", **self.chart_context(state, interval, average, period), oob=oob)
+    def chart(self, state: SymbolState, interval: Interval, average: str, period: int,
+              annotations: Sequence[Annotation] = (), *, oob: bool = True) -> str:
+        context = self.chart_context(state, interval, average, period, annotations)
+        return self._render("fragments/chart.html", **context, oob=oob)
 
     def trades_context(self, state: SymbolState) -> dict[str, Any]:
         d = self.decimals(state)
@@ -214,6 +226,82 @@ class Renderer:
 
     def controls(self, view: PageView, symbols: Sequence[str], *, oob: bool = True) -> str:
         return self._render("fragments/controls.html", **self.controls_context(view, symbols), oob=oob)
+
+    # -- the alert desk: shared by every page (rules, alerts), or by a symbol's viewers (annotations) --
+
+    def _price_text(self, symbol: str, price: float) -> str:
+        return _fixed(price, max(self._decimals.get(symbol, 2), charts.price_decimals([price])))
+
+    def rule_text(self, rule: Rule) -> str:
+        """``above 95,000.50``, ``moves 0.5 % up within 60 s``."""
+        if rule.level is not None:
+            return f"{rule.condition} {self._price_text(rule.symbol, rule.level)}"
+        way = "" if rule.direction == "any" else f" {rule.direction}"
+        return f"moves {rule.pct:g} %{way} within {rule.window_s:g} s"
+
+    def alert_row(self, alert: Alert) -> dict[str, Any]:
+        if alert.level is not None:
+            what = f"crossed {alert.condition} {self._price_text(alert.symbol, alert.level)}"
+        else:
+            what = f"moved {alert.change_pct or 0.0:+.3g} % within {alert.window_s or 0.0:g} s"
+        moment = datetime.fromtimestamp(alert.time_ms / 1000, UTC)
+        return {
+            "id": alert.id,
+            "symbol": alert.symbol,
+            "what": what,
+            "price_text": self._price_text(alert.symbol, alert.price),
+            "clock": moment.strftime("%H:%M:%S"),
+            "iso": moment.isoformat(timespec="milliseconds"),
+            "note": alert.note,
+        }
+
+    def alerts_context(self, alerts: Sequence[Alert], *, available: bool) -> dict[str, Any]:
+        """The newest few of the history (oldest first), newest first."""
+        newest = alerts[-ALERTS_NOTIFIED:][::-1]
+        return {"recent_alerts": [self.alert_row(a) for a in newest], "desk_available": available}
+
+    def alerts(self, alerts: Sequence[Alert], *, available: bool, oob: bool = True) -> str:
+        return self._render("fragments/alerts.html", **self.alerts_context(alerts, available=available), oob=oob)
+
+    def alert_history_context(self, alerts: Sequence[Alert], *, available: bool) -> dict[str, Any]:
+        """At most :data:`HISTORY_SHOWN` of the history (oldest first), newest first."""
+        shown = alerts[-HISTORY_SHOWN:][::-1]
+        return {"history": [self.alert_row(a) for a in shown], "history_total": len(alerts),
+                "desk_available": available}
+
+    def alert_history(self, alerts: Sequence[Alert], *, available: bool, oob: bool = True) -> str:
+        context = self.alert_history_context(alerts, available=available)
+        return self._render("fragments/alert_history.html", **context, oob=oob)
+
+    def alert_rules_context(self, rules: Sequence[Rule], *, available: bool) -> dict[str, Any]:
+        """At most :data:`RULES_SHOWN` rules, newest first."""
+        rows = [
+            {"id": r.id, "symbol": r.symbol, "what": self.rule_text(r), "note": r.note, "repeat": r.repeat,
+             "owner": r.owner.split(":", 1)[0] or "?"}
+            for r in rules[-RULES_SHOWN:][::-1]
+        ]
+        return {"rules": rows, "rules_total": len(rules), "desk_available": available}
+
+    def alert_rules(self, rules: Sequence[Rule], *, available: bool, oob: bool = True) -> str:
+        context = self.alert_rules_context(rules, available=available)
+        return self._render("fragments/alert_rules.html", **context, oob=oob)
+
+    def alert_form_context(self, symbol: str, *, available: bool) -> dict[str, Any]:
+        return {"form_symbol": symbol, "desk_available": available}
+
+    def alert_form(self, symbol: str, *, available: bool, oob: bool = True) -> str:
+        context = self.alert_form_context(symbol, available=available)
+        return self._render("fragments/alert_form.html", **context, oob=oob)
+
+    def annotations_context(self, symbol: str, annotations: Sequence[Annotation], *,
+                            available: bool) -> dict[str, Any]:
+        rows = [{"id": a.id, "price_text": self._price_text(symbol, a.price), "label": a.label} for a in annotations]
+        return {"annotations_symbol": symbol, "annotations": rows, "desk_available": available}
+
+    def annotations(self, symbol: str, annotations: Sequence[Annotation], *, available: bool,
+                    oob: bool = True) -> str:
+        context = self.annotations_context(symbol, annotations, available=available)
+        return self._render("fragments/annotations.html", **context, oob=oob)
 
     def notice(self, text: str) -> str:
         return self._render("fragments/notice.html", text=text, at=time.strftime("%H:%M:%S", time.gmtime()))

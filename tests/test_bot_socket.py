@@ -307,7 +307,8 @@ async def test_schemas_are_served_read_only_with_an_index(aiohttp_client: Factor
     client = await make_client(aiohttp_client)
     index = await (await client.get("/schemas/")).json()
     assert set(index["server"]) >= {"welcome", "trade", "batch"}
-    assert set(index["client"]) == {"subscribe", "unsubscribe", "ping"}
+    assert set(index["client"]) == {"subscribe", "unsubscribe", "ping", "alert_create", "alert_delete", "alert_list",
+                                    "annotation_add", "annotation_remove", "annotation_list"}
     response = await client.get(index["server"]["trade"])
     assert response.status == 200 and response.content_type == "application/schema+json"
     assert (await response.json())["$id"].endswith("/schemas/server/trade.json")

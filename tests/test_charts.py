@@ -217,3 +217,20 @@ def test_a_flat_series_is_drawn_in_the_middle() -> None:
     assert len(chart.average_points.split()) == 6
     single = build_chart([Candle(T0, 5.0, 5.0, 5.0, 5.0, 0.0)])
     assert len(single.candles) == 1 and single.time_labels[0].text == "12:00"
+
+
+def test_annotation_lines_sit_at_their_price_and_lines_off_the_plot_are_left_out() -> None:
+    candles = series()
+    plain = build_chart(candles)
+    chart = build_chart(candles, lines=[(candles[-1].close, "last close"), (110.0, "mid"), (1_000.0, "far"),
+                                        (1.0, "floor"), (float("nan"), "nan")])
+    assert chart.price_labels == plain.price_labels, "lines do not stretch the scale"
+    assert [line.label for line in chart.lines] == ["last close", "mid"]
+    last, mid = chart.lines
+    assert plain.last_price is not None and last.y == plain.last_price.y
+    assert 0 <= last.y < mid.y <= chart.plot_height  # the higher price is nearer the top
+    # linear in price: the label ticks give the scale
+    (y1, p1), (y2, p2) = [(label.y, float(label.text)) for label in plain.price_labels[:2]]
+    assert mid.y == pytest.approx(y1 + (110.0 - p1) * (y2 - y1) / (p2 - p1), abs=0.02)
+    assert mid.price_text == "110" and last.price_text == f"{candles[-1].close:g}"
+    assert build_chart([], lines=[(100.0, "x")]).lines == ()

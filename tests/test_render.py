@@ -8,10 +8,12 @@ from html.parser import HTMLParser
 import pytest
 
 from bixweb import protocol
+from bixweb.alerts import Alert, Rule
+from bixweb.annotations import Annotation
 from bixweb.charts import build_chart
 from bixweb.market import Market
 from bixweb.model import Book, Candle, History, Interval, Trade
-from bixweb.render import PageView, Renderer, Status, environment
+from bixweb.render import HISTORY_SHOWN, PageView, Renderer, Status, environment
 
 T0 = 1_764_158_400_000
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -142,3 +144,64 @@ def test_an_empty_chart_says_so(renderer: Renderer) -> None:
     html = renderer.chart(market.states["ETHUSDT"], Interval.S1, "sma", 20)
     check(html)
     assert "waiting for trades" in html
+
+
+def alert(n: int, symbol: str = "BTCUSDT", note: str = "") -> Alert:
+    return Alert(f"r{n}:{T0 + n}:{n}", f"r{n}", "page:abc", symbol, "above", 95_000.5, None, None, "any", note,
+                 95_001.25, None, T0 + n * 1000, n)
+
+
+def test_the_desk_fragments_alone_are_one_oob_element_with_their_id(renderer: Renderer) -> None:
+    rule = Rule("r1", "BTCUSDT", "move", pct=0.5, window_s=60, note="wake up", repeat=True, owner="page:x")
+    line = Annotation("a1", "BTCUSDT", 95_100.0, "support", "bot", T0)
+    fragments = {
+        "alerts": renderer.alerts([alert(1)], available=True),
+        "alert-history": renderer.alert_history([alert(1)], available=True),
+        "alert-rules": renderer.alert_rules([rule], available=True),
+        "alert-form": renderer.alert_form("BTCUSDT", available=True),
+        "annotations": renderer.annotations("BTCUSDT", [line], available=True),
+    }
+    for fragment_id, html in fragments.items():
+        roots = check(html).roots
+        assert len(roots) == 1, fragment_id
+        assert roots[0][1].get("id") == fragment_id and roots[0][1].get("hx-swap-oob") == "true", fragment_id
+    assert 'role="status"' in fragments["alerts"] and 'aria-live="polite"' in fragments["alerts"]
+    assert "moves 0.5 % within 60 s" in fragments["alert-rules"] and "wake up" in fragments["alert-rules"]
+    assert 'name="action" value="alert_delete"' in fragments["alert-rules"]
+    assert 'name="rule_id" value="r1"' in fragments["alert-rules"]
+    assert 'name="action" value="alert_create"' in fragments["alert-form"]
+    assert 'name="symbol" value="BTCUSDT"' in fragments["alert-form"]
+    assert 'name="annotation_id" value="a1"' in fragments["annotations"] and "support" in fragments["annotations"]
+    assert " hidden>" in renderer.alerts([], available=True)  # nothing to notify: no empty box
+
+
+def test_notifications_show_the_newest_three_and_the_history_is_bounded_newest_first(renderer: Renderer) -> None:
+    alerts = [alert(n, note=f"note {n}") for n in range(HISTORY_SHOWN + 10)]
+    html = renderer.alerts(alerts, available=True)
+    shown = re.findall(r'data-alert="r(\d+):', html)
+    assert shown == [str(n) for n in range(HISTORY_SHOWN + 9, HISTORY_SHOWN + 6, -1)]
+    assert "crossed above 95,000.50" in html and "95,001.25" in html and "note 59" in html
+    assert " hidden>" not in html
+    history = renderer.alert_history(alerts, available=True)
+    listed = [int(n) for n in re.findall(r'<li data-alert="r(\d+):', history)]
+    assert listed == list(range(HISTORY_SHOWN + 9, 9, -1))
+    assert f"{HISTORY_SHOWN} of {HISTORY_SHOWN + 10} kept" in history
+
+
+def test_without_a_desk_the_forms_say_alerts_are_not_available(renderer: Renderer) -> None:
+    form = renderer.alert_form("BTCUSDT", available=False)
+    assert "alerts are not available on this server" in form and "<form" not in form
+    lines = renderer.annotations("BTCUSDT", [], available=False)
+    assert "not available" in lines and "<form" not in lines
+    assert "no rules" not in renderer.alert_rules([], available=False)
+
+
+def test_the_chart_draws_each_annotation_as_a_labelled_line(market: Market, renderer: Renderer) -> None:
+    state = market.states["BTCUSDT"]
+    lines = [Annotation("a1", "BTCUSDT", 95_100.0, "support", "bot", T0),
+             Annotation("a2", "BTCUSDT", 10.0, "far below", "bot", T0)]
+    html = renderer.chart(state, Interval.M1, "sma", 20, lines)
+    check(html)
+    drawn = re.findall(r'<g class="annotation" data-price="([^"]+)"><line x1="0" x2="[\d.]+" y1="([\d.]+)"', html)
+    assert [price for price, _ in drawn] == ["95100"]
+    assert 0 <= float(drawn[0][1]) <= 296 and "support · 95100</text>" in html and "far below" not in html

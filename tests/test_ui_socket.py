@@ -192,3 +192,50 @@ async def test_the_dashboard_shows_a_stale_feed_and_its_return(aiohttp_client: F
         await feed_shown(ws, "stale")
         feed.resume()
         await feed_shown(ws, "live")
+
+
+async def until_fragment(ws: aiohttp.ClientWebSocketResponse, fragment_id: str, text: str = "",
+                         within: float = 3.0) -> str:
+    """The first frame carrying ``fragment_id`` (with ``text`` in it); fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        html, ids = await fragments(ws, timeout=deadline - time.monotonic())
+        if fragment_id in ids and text in html:
+            return html
+    raise AssertionError(f"no #{fragment_id} with {text!r} within {within} s")
+
+
+async def test_a_rule_form_creates_a_rule_and_every_page_gets_the_new_rule_list(aiohttp_client: Factory) -> None:
+    client = await make_client(aiohttp_client, ui_rate=10.0)
+    pages = [(await page_socket(client))[0] for _ in range(2)]
+    async with client.ws_connect(pages[0]) as sender, client.ws_connect(pages[1]) as other:
+        await fragments(sender)
+        await fragments(other)
+        await sender.send_bytes(send_form(action="alert_create", symbol="BTCUSDT", condition="below", level="1.5",
+                                          pct="", window_s="60", note="far below", repeat="on"))
+        await until_fragment(sender, "alert-form")  # a fresh form for the sender
+        for ws in (sender, other):
+            html = await until_fragment(ws, "alert-rules", "far below")
+            assert "below 1.50" in html and 'name="action" value="alert_delete"' in html
+        desk = client.app[SERVICE].desk
+        assert desk is not None
+        (rule,) = desk.rules()
+        assert rule.owner.startswith("page:") and rule.repeat
+        await other.send_bytes(send_form(action="alert_delete", rule_id=rule.id))
+        for ws in (sender, other):
+            html = await until_fragment(ws, "alert-rules", "no rules")
+        await sender.send_bytes(send_form(action="alert_create", symbol="BTCUSDT", condition="above", level="x"))
+        assert "level is required" in await until_fragment(sender, "notice")
+        assert desk.rules() == []
+
+
+async def test_an_annotation_form_draws_a_line_on_every_chart_of_the_symbol(aiohttp_client: Factory) -> None:
+    client = await make_client(aiohttp_client, ui_rate=10.0)
+    service = client.app[SERVICE]
+    url, _ = await page_socket(client)
+    async with client.ws_connect(url) as ws:
+        await fragments(ws)
+        price = service.market.states["BTCUSDT"].price
+        await ws.send_bytes(send_form(action="annotation_add", symbol="BTCUSDT", price=str(price), label="here"))
+        html = await until_fragment(ws, "chart", "here · ")  # the line list comes in the same frame
+        assert '<g class="annotation"' in html and 'name="action" value="annotation_remove"' in html

@@ -16,7 +16,7 @@ import aiohttp_jinja2
 from aiohttp import WSMsgType, web
 
 from bixweb import __version__
-from bixweb.dashboard import apply_action, join_fragments, parse_action
+from bixweb.dashboard import DESK_ACTIONS, apply_action, join_fragments, parse_action
 from bixweb.errors import ProtocolError
 from bixweb.hub import Outbox
 from bixweb.limits import InboundLimiter
@@ -116,7 +116,13 @@ async def _serve(request: web.Request, service: Service, page: str) -> web.Strea
             if verdict == "refuse":
                 continue
             try:
-                view = apply_action(view, parse_action(msg.data), dashboard.market.symbols)
+                values = parse_action(msg.data)
+                if values["action"] in DESK_ACTIONS:  # the desk's listener updates every page
+                    reply = dashboard.desk_action(values, page=page, now_ms=now_ms())
+                    if reply is not None:
+                        conn.send(reply)
+                    continue
+                view = apply_action(view, values, dashboard.market.symbols)
             except ProtocolError as exc:
                 event(log, logging.INFO, "refused_message", kind="ui", session=conn.session, peer=conn.peer,
                       code=exc.code, path=exc.path)
