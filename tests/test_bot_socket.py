@@ -221,6 +221,7 @@ async def test_an_oversized_frame_closes_that_socket_with_1009_and_no_other(aioh
 
 async def test_a_flood_gets_rate_limited_then_closed_with_1008(aiohttp_client: Factory) -> None:
     client = await make_client(aiohttp_client, max_messages_per_s=5.0)
+    bystander = await client.ws_connect("/ws?symbols=ETHUSDT&channels=trades")
     async with client.ws_connect("/ws?symbols=BTCUSDT") as ws:
         for n in range(40):
             await ws.send_json({"type": "ping", "id": n})
@@ -232,6 +233,9 @@ async def test_a_flood_gets_rate_limited_then_closed_with_1008(aiohttp_client: F
             codes += [m.get("code") for m in unwrap(json.loads(msg.data)) if m["type"] == "error"]
         assert ws.close_code == 1008
         assert codes and set(codes) == {"rate_limited"}
+    seen = await collect(bystander, lambda ms: sum(m["type"] == "trade" for m in ms) >= 3)  # others keep their data
+    assert not bystander.closed and seen
+    await bystander.close()
 
 
 def stalled_reader(port: int) -> socket.socket:
