@@ -23,7 +23,7 @@ from typing import Any
 
 from bixweb import protocol
 from bixweb.annotations import Annotation
-from bixweb.desk import Change, Desk
+from bixweb.desk import Change, DeskView
 from bixweb.errors import ProtocolError
 from bixweb.hub import Hub
 from bixweb.market import Market, Outgoing
@@ -111,7 +111,7 @@ class Dashboard:
     """Renders live fragments once per change for every page that shows them."""
 
     def __init__(self, market: Market, renderer: Renderer, hub: Hub, *, watchlist: Sequence[str],
-                 desk: Desk | None = None) -> None:
+                 desk: DeskView | None = None) -> None:
         self.market = market
         self.renderer = renderer
         self.hub = hub
@@ -205,7 +205,7 @@ class Dashboard:
         symbol = key.removeprefix("annotations:")
         return r.annotations(symbol, self.annotations_of(symbol), available=available)
 
-    def desk_action(self, values: Mapping[str, Any], *, page: str, now_ms: int) -> bytes | None:
+    async def desk_action(self, values: Mapping[str, Any], *, page: str, now_ms: int) -> bytes | None:
         """Apply a page's alert or annotation form; a fragment for that page only, or None.
 
         Everybody's fragments follow from the desk's listener. A refused
@@ -215,15 +215,11 @@ class Dashboard:
         if desk is None:
             raise ProtocolError("unavailable", UNAVAILABLE)
         action, owner = values["action"], f"page:{page}"
+        fields = rule_fields(values) if action == "alert_create" else values
+        reply = await desk.perform_async(action, fields, owner=owner, now_ms=now_ms)
         if action == "alert_create":
-            rule = desk.create_rule(rule_fields(values), owner=owner, now_ms=now_ms)
-            return self.renderer.alert_form(rule.symbol, available=True).encode()  # a fresh, empty form
-        if action == "alert_delete":
-            desk.delete_rule(values["rule_id"])
-        elif action == "annotation_add":
-            desk.add_annotation(values, owner=owner, now_ms=now_ms)
-        else:
-            desk.remove_annotation(values["annotation_id"])
+            symbol = reply["rules"][0]["symbol"]
+            return self.renderer.alert_form(symbol, available=True).encode()  # a fresh, empty form
         return None
 
     def status(self, status: Status) -> bytes:

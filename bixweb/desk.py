@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
+import orjson
+
+from bixweb import protocol
 from bixweb.alerts import Alert, AlertBook, AlertHistory, Rule, rule_from_request
 from bixweb.annotations import Annotation, annotation_from_request
 from bixweb.errors import ProtocolError, StoreError
-from bixweb.market import Outgoing
+from bixweb.market import Message, Outgoing
 from bixweb.store import Store
 
 log = logging.getLogger("bixweb.desk")
@@ -122,5 +125,149 @@ class Desk:
 
     def annotations_of(self, symbol: str | None = None) -> list[Annotation]:
         """Oldest first; of one symbol, or all."""
-        found = sorted(self.annotations.values(), key=lambda a: (a.created_ms, a.id))
-        return [a for a in found if symbol is None or a.symbol == symbol]
+        return _sorted(self.annotations.values(), symbol)
+
+    # -- requests, as the protocol has them -------------------------------------
+
+    def perform(self, kind: str, fields: Mapping[str, Any], *, owner: str, now_ms: int,
+                request_id: str | int | None = None) -> Message:
+        """Carry out one request (``alert_create``, …, ``annotation_list``); its reply message."""
+        rid = request_id
+        if kind == "alert_create":
+            rule = self.create_rule(fields, owner=owner, now_ms=now_ms, request_id=rid)
+            return protocol.alert_rules_message(now_ms, "created", [rule], request_id=rid)
+        if kind == "alert_delete":
+            rule = self.delete_rule(str(fields["rule_id"]), request_id=rid)
+            return protocol.alert_rules_message(now_ms, "deleted", [rule], request_id=rid)
+        if kind == "alert_list":
+            return protocol.alert_rules_message(now_ms, "list", self.rules(), history=self.alerts(), request_id=rid)
+        if kind == "annotation_add":
+            annotation = self.add_annotation(fields, owner=owner, now_ms=now_ms, request_id=rid)
+            return protocol.annotations_message(now_ms, "added", [annotation], request_id=rid)
+        if kind == "annotation_remove":
+            annotation = self.remove_annotation(str(fields["annotation_id"]), request_id=rid)
+            return protocol.annotations_message(now_ms, "removed", [annotation], request_id=rid)
+        if kind == "annotation_list":
+            symbol = fields.get("symbol")
+            return protocol.annotations_message(
+                now_ms, "list", self.annotations_of(symbol if isinstance(symbol, str) else None), request_id=rid)
+        raise ProtocolError("unknown_type", f"not a desk request: {kind[:32]!r}", request_id=rid, path="$.type")
+
+    async def perform_async(self, kind: str, fields: Mapping[str, Any], *, owner: str, now_ms: int,
+                            request_id: str | int | None = None) -> Message:
+        return self.perform(kind, fields, owner=owner, now_ms=now_ms, request_id=request_id)
+
+    def state(self) -> bytes:
+        """Everything a replica shows, as JSON (what the owner keeps in the broker)."""
+        return orjson.dumps({
+            "rules": [protocol.rule_data(r) for r in self.rules()],
+            "history": [protocol.alert_data(a) for a in self.alerts()],
+            "annotations": [protocol.annotation_data(a) for a in self.annotations_of()],
+        })
+
+    def answer(self, request: Mapping[str, Any]) -> Message:
+        """A request forwarded by another process (:meth:`DeskReplica.perform_async`): its reply, or its error."""
+        try:
+            return self.perform(str(request["kind"]), request.get("fields") or {}, owner=str(request["owner"]),
+                                now_ms=int(request["now_ms"]))
+        except ProtocolError as exc:
+            return {"type": "error", "code": exc.code, "message": exc.message, "path": exc.path}
+
+
+def _sorted(annotations: Iterable[Annotation], symbol: str | None) -> list[Annotation]:
+    found = sorted(annotations, key=lambda a: (a.created_ms, a.id))
+    return [a for a in found if symbol is None or a.symbol == symbol]
+
+
+class DeskView(Protocol):
+    """What the dashboard and the bot socket need of a desk, here or in the feed process."""
+
+    listeners: list[Callable[[Change], None]]
+
+    def rules(self) -> list[Rule]: ...
+
+    def alerts(self) -> list[Alert]: ...
+
+    def annotations_of(self, symbol: str | None = None) -> list[Annotation]: ...
+
+    async def perform_async(self, kind: str, fields: Mapping[str, Any], *, owner: str, now_ms: int,
+                            request_id: str | int | None = None) -> Message: ...
+
+
+Forward = Callable[[Message], Awaitable[Message]]
+"""Sends a request to the process that owns the desk and returns its answer."""
+
+
+class DeskReplica:
+    """The desk of the feed process, as a web process sees it (``--broker redis://``).
+
+    Its state comes from the broker (:meth:`load`); requests go to the owner
+    through ``forward`` and come back as the owner's reply or error.
+    """
+
+    def __init__(self, forward: Forward) -> None:
+        self.forward = forward
+        self.listeners: list[Callable[[Change], None]] = []
+        self._rules: list[Rule] = []
+        self._alerts: list[Alert] = []
+        self._annotations: list[Annotation] = []
+
+    def rules(self) -> list[Rule]:
+        return list(self._rules)
+
+    def alerts(self) -> list[Alert]:
+        return list(self._alerts)
+
+    def annotations_of(self, symbol: str | None = None) -> list[Annotation]:
+        return _sorted(self._annotations, symbol)
+
+    def load(self, state: bytes, change: Change | None = None) -> None:
+        """Take the owner's state; tell the listeners what changed (everything when ``change`` is None)."""
+        data = orjson.loads(state)
+        before = {a.symbol for a in self._annotations}
+        self._rules = [rule_of(r) for r in data.get("rules", ())]
+        self._alerts = [alert_of(a) for a in data.get("history", ())]
+        self._annotations = [annotation_of(a) for a in data.get("annotations", ())]
+        if change is not None:
+            changes = [change]
+        else:
+            symbols = before | {a.symbol for a in self._annotations}
+            changes = ["rules", "alerts", *(f"annotations:{s}" for s in sorted(symbols))]
+        for listener in self.listeners:
+            for one in changes:
+                listener(one)
+
+    async def perform_async(self, kind: str, fields: Mapping[str, Any], *, owner: str, now_ms: int,
+                            request_id: str | int | None = None) -> Message:
+        try:
+            reply = await self.forward({"kind": kind, "fields": dict(fields), "owner": owner, "now_ms": now_ms})
+        except Exception as exc:
+            log.warning("the feed process did not answer a desk request: %s", exc.__class__.__name__)
+            raise ProtocolError("unavailable", "the feed process that keeps alerts did not answer; try again",
+                                request_id=request_id) from None
+        if reply.get("type") == "error":
+            raise ProtocolError(str(reply["code"]), str(reply["message"]), request_id=request_id,
+                                path=reply.get("path"))
+        if request_id is not None:
+            reply["id"] = request_id
+        return reply
+
+
+def rule_of(data: Mapping[str, Any]) -> Rule:
+    return Rule(id=data["id"], symbol=data["symbol"], condition=data["condition"], level=data.get("level"),
+                pct=data.get("pct"), window_s=data.get("window_s"), direction=data.get("direction", "any"),
+                note=data.get("note", ""), repeat=bool(data.get("repeat")), owner=data.get("owner", ""),
+                created_ms=int(data.get("created", 0)))
+
+
+def alert_of(data: Mapping[str, Any]) -> Alert:
+    return Alert(id=data["id"], rule_id=data["rule_id"], owner=data.get("owner", ""), symbol=data["symbol"],
+                 condition=data["condition"], level=data.get("level"), pct=data.get("pct"),
+                 window_s=data.get("window_s"), direction=data.get("direction", "any"), note=data.get("note", ""),
+                 price=float(data["price"]), reference=data.get("reference"), time_ms=int(data["time"]),
+                 seq=int(data["ticker_seq"]))
+
+
+def annotation_of(data: Mapping[str, Any]) -> Annotation:
+    return Annotation(id=data["id"], symbol=data["symbol"], price=float(data["price"]), label=data.get("label", ""),
+                      owner=data.get("owner", ""), created_ms=int(data.get("created", 0)))

@@ -121,7 +121,8 @@ def alert_data(a: Alert) -> Message:
     return {
         "id": a.id, "rule_id": a.rule_id, "symbol": a.symbol, "condition": a.condition, "level": a.level,
         "pct": a.pct, "window_s": a.window_s, "direction": a.direction,
-        "change_pct": None if a.change_pct is None else round(a.change_pct, 4), "note": a.note, "owner": a.owner,
+        "change_pct": None if a.change_pct is None else round(a.change_pct, 4), "reference": a.reference,
+        "note": a.note, "owner": a.owner,
         "price": a.price, "time": a.time_ms, "ticker_seq": a.seq,
     }
 

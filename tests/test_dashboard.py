@@ -184,32 +184,33 @@ def test_a_page_frame_has_the_desk_fragments(tmp_path: Path) -> None:
         board.default_view(), Status("live", 1, T0)).decode()
 
 
-def test_desk_forms_create_and_delete_rules_and_lines_through_the_desk(tmp_path: Path) -> None:
+async def test_desk_forms_create_and_delete_rules_and_lines_through_the_desk(tmp_path: Path) -> None:
     board = desk_board(tmp_path)
     assert board.desk is not None
     form = {"action": "alert_create", "symbol": "BTCUSDT", "condition": "above", "level": "95000.5",
             "pct": "", "window_s": "60", "note": "breakout", "repeat": "on"}  # the move inputs come along
-    reply = board.desk_action(parse_action(action(**form)), page="page-one", now_ms=T0)
+    reply = await board.desk_action(parse_action(action(**form)), page="page-one", now_ms=T0)
     assert reply is not None and b'id="alert-form"' in reply  # a fresh form for the page that sent it
     (rule,) = board.desk.rules()
     assert (rule.condition, rule.level, rule.repeat, rule.note, rule.owner) == (
         "above", 95_000.5, True, "breakout", "page:page-one")
     move = {**form, "condition": "move", "pct": "0.5", "level": "123"}
-    board.desk_action(parse_action(action(**move)), page="page-one", now_ms=T0)
+    await board.desk_action(parse_action(action(**move)), page="page-one", now_ms=T0)
     assert board.desk.rules()[1].pct == 0.5 and board.desk.rules()[1].level is None
     with pytest.raises(ProtocolError) as caught:
-        board.desk_action(parse_action(action(**{**form, "level": "-3"})), page="p", now_ms=T0)
+        await board.desk_action(parse_action(action(**{**form, "level": "-3"})), page="p", now_ms=T0)
     assert "level" in caught.value.message
-    board.desk_action(parse_action(action(action="alert_delete", rule_id=rule.id)), page="p", now_ms=T0)
+    await board.desk_action(parse_action(action(action="alert_delete", rule_id=rule.id)), page="p", now_ms=T0)
     assert len(board.desk.rules()) == 1
     add = action(action="annotation_add", symbol="ETHUSDT", price="3000.25", label="wall")
-    assert board.desk_action(parse_action(add), page="p", now_ms=T0) is None
+    assert await board.desk_action(parse_action(add), page="p", now_ms=T0) is None
     (line,) = board.desk.annotations_of("ETHUSDT")
     assert (line.price, line.label, line.owner) == (3000.25, "wall", "page:p")
-    board.desk_action(parse_action(action(action="annotation_remove", annotation_id=line.id)), page="p", now_ms=T0)
+    remove = action(action="annotation_remove", annotation_id=line.id)
+    await board.desk_action(parse_action(remove), page="p", now_ms=T0)
     assert board.desk.annotations_of() == []
     with pytest.raises(ProtocolError) as caught:
-        dashboard().desk_action(parse_action(add), page="p", now_ms=T0)
+        await dashboard().desk_action(parse_action(add), page="p", now_ms=T0)
     assert caught.value.code == "unavailable"
 
 

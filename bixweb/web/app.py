@@ -53,7 +53,8 @@ async def pump(service: Service, feed: Feed, broker: Broker) -> None:
     Runs when this process owns the market.
     """
     try:
-        await run_market(feed, service.market, broker, service.desk)
+        desk = service.desk
+        await run_market(feed, service.market, broker, desk if isinstance(desk, Desk) else None)
     except asyncio.CancelledError:
         raise
     except Exception:

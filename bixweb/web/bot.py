@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -11,6 +12,7 @@ from aiohttp import WSMsgType, web
 
 from bixweb import __version__, protocol
 from bixweb.access import presented_token
+from bixweb.desk import Desk, DeskView
 from bixweb.errors import ProtocolError
 from bixweb.hub import Outbox
 from bixweb.limits import InboundLimiter
@@ -49,6 +51,7 @@ class BotSession:
         self.conn = conn
         self.owner = owner
         """Who this bot is for its alert rules: its token's fingerprint, else its address."""
+        self._pending: set[asyncio.Task[None]] = set()
         self.streams: set[tuple[str, str]] = set()
         self.limiter = InboundLimiter(service.settings.max_messages_per_s, time.monotonic())
         self._subscribe(streams)
@@ -157,31 +160,31 @@ class BotSession:
             self._ack("unsubscribe", symbols, channels, request.id)
 
     def handle_desk(self, request: protocol.DeskRequest) -> None:
-        """Alert rules and annotations: create, delete, list."""
+        """Alert rules and annotations: create, delete, list.
+
+        A desk in this process answers at once; the feed process's desk (with
+        ``--broker redis://``) answers through the broker, in a task of this
+        connection's, so the socket keeps reading meanwhile.
+        """
         desk = self.service.desk
         if desk is None:
-            raise ProtocolError("unavailable", "alerts and annotations are kept by the feed process; "
-                                "with --broker redis:// they are not available yet", request_id=request.id)
-        kind, fields, rid, now = request.kind, request.fields, request.id, now_ms()
-        if kind == "alert_create":
-            rule = desk.create_rule(fields, owner=self.owner, now_ms=now, request_id=rid)
-            event(log, logging.INFO, "alert_rule_created", session=self.conn.session, rule=rule.id, symbol=rule.symbol)
-            self.send(protocol.alert_rules_message(now, "created", [rule], request_id=rid))
-        elif kind == "alert_delete":
-            rule = desk.delete_rule(str(fields["rule_id"]), request_id=rid)
-            self.send(protocol.alert_rules_message(now, "deleted", [rule], request_id=rid))
-        elif kind == "alert_list":
-            self.send(protocol.alert_rules_message(now, "list", desk.rules(), history=desk.alerts(), request_id=rid))
-        elif kind == "annotation_add":
-            annotation = desk.add_annotation(fields, owner=self.owner, now_ms=now, request_id=rid)
-            self.send(protocol.annotations_message(now, "added", [annotation], request_id=rid))
-        elif kind == "annotation_remove":
-            annotation = desk.remove_annotation(str(fields["annotation_id"]), request_id=rid)
-            self.send(protocol.annotations_message(now, "removed", [annotation], request_id=rid))
-        else:
-            symbol = fields.get("symbol")
-            self.send(protocol.annotations_message(
-                now, "list", desk.annotations_of(symbol if isinstance(symbol, str) else None), request_id=rid))
+            raise ProtocolError("unavailable", "this server keeps no alerts", request_id=request.id)
+        if isinstance(desk, Desk):
+            self.send(desk.perform(request.kind, request.fields, owner=self.owner, now_ms=now_ms(),
+                                   request_id=request.id))
+            return
+        task = asyncio.create_task(self._forward(desk, request), name=f"desk-{self.conn.session}")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _forward(self, desk: DeskView, request: protocol.DeskRequest) -> None:
+        try:
+            reply = await desk.perform_async(request.kind, request.fields, owner=self.owner, now_ms=now_ms(),
+                                             request_id=request.id)
+        except ProtocolError as exc:
+            self.send(protocol.error_message(now_ms(), exc))
+            return
+        self.send(reply)
 
     def _ack(
         self, op: str, symbols: list[str], channels: list[str], request_id: str | int | None,
@@ -196,6 +199,8 @@ class BotSession:
 
     def close(self) -> None:
         self.service.hub.remove(self.conn)
+        for task in self._pending:
+            task.cancel()
 
 
 def bot_owner(request: web.Request, service: Service) -> str:

@@ -11,7 +11,7 @@ from aiohttp import web
 from bixweb.access import Network, Tokens
 from bixweb.config import Settings
 from bixweb.dashboard import Dashboard
-from bixweb.desk import Desk
+from bixweb.desk import Desk, DeskReplica
 from bixweb.hub import Hub
 from bixweb.limits import ConnectionLimits
 from bixweb.market import Market
@@ -46,7 +46,7 @@ class Service:
     totals of closed connections, ``frames_sent:<kind>``, ``messages_sent:<kind>``, ``bytes_sent:<kind>``."""
     connections: set[Connection] = field(default_factory=set)
     """Open sockets of every kind; each handler adds its own and removes it when done."""
-    desk: Desk | None = None
+    desk: Desk | DeskReplica | None = None
     """Alert rules and annotations; in the process that owns the market only."""
     shutting_down: bool = False
     loop_lag: float = 0.0

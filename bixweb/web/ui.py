@@ -118,7 +118,7 @@ async def _serve(request: web.Request, service: Service, page: str) -> web.Strea
             try:
                 values = parse_action(msg.data)
                 if values["action"] in DESK_ACTIONS:  # the desk's listener updates every page
-                    reply = dashboard.desk_action(values, page=page, now_ms=now_ms())
+                    reply = await dashboard.desk_action(values, page=page, now_ms=now_ms())
                     if reply is not None:
                         conn.send(reply)
                     continue
