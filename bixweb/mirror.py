@@ -93,16 +93,16 @@ class Mirror(Market):
         self.seq[stream] = int(message["seq"])
         data = message["data"]
         kind = message["type"]
+        if kind == "alert":  # every one counts, like trades; the desk keeps the history
+            self._recent(stream, message)
+            return
         if kind == "trade":
             trade = Trade(symbol=state.symbol, id=int(data["id"]), price=float(data["price"]),
                           qty=float(data["qty"]), side=data["side"], time=int(data["time"]))
             state.trades.append(trade)
             state.set_price(trade.price)
             state.time = max(state.time, trade.time)
-            recent = self.recent.get(stream)
-            if recent is None:
-                recent = self.recent[stream] = deque(maxlen=self.replay_depth)
-            recent.append(message)
+            self._recent(stream, message)
             return
         self.latest[stream] = message
         if kind == "market_update":
@@ -117,6 +117,12 @@ class Mirror(Market):
         elif kind == "candle":
             self._set_candle(state.closed[Interval.from_label(message["interval"])], state.forming,
                              Interval.from_label(message["interval"]), _candle(data))
+
+    def _recent(self, stream: str, message: Message) -> None:
+        recent = self.recent.get(stream)
+        if recent is None:
+            recent = self.recent[stream] = deque(maxlen=self.replay_depth)
+        recent.append(message)
 
     @staticmethod
     def _set_candle(closed: deque[Candle], forming: dict[Interval, Candle | None], interval: Interval,

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import time
+from pathlib import Path
 
 from bixweb.brokers import Broker
 from bixweb.config import Settings
@@ -20,6 +21,7 @@ from bixweb.feeds import Feed, open_feed
 from bixweb.market import Market
 from bixweb.mirror import seed_of
 from bixweb.model import History
+from bixweb.store import STORE_FILE, SQLiteStore
 
 log = logging.getLogger("bixweb.owner")
 
@@ -56,6 +58,9 @@ async def run_feed_process(settings: Settings) -> None:
     broker = RedisBroker(settings.broker, symbols=settings.symbols, history_points=settings.history_points,
                          replay_depth=settings.replay_depth)
     broker.seed_source = lambda: seed_of(market, broker.published)
+    desk = Desk(SQLiteStore(Path(settings.data_dir) / STORE_FILE), settings.symbols)
+    broker.desk = desk  # its state is kept in Redis; web processes forward their requests to it
+    desk.listeners.append(broker.desk_changed)
     log.info("feed process: %s -> %s, epoch %d, %d symbols", settings.feed, settings.broker, market.epoch,
              len(market.symbols))
     stop = asyncio.Event()
@@ -63,7 +68,7 @@ async def run_feed_process(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     tasks = [asyncio.create_task(broker.run(), name="broker"),
-             asyncio.create_task(run_market(feed, market, broker), name="feed")]
+             asyncio.create_task(run_market(feed, market, broker, desk), name="feed")]
     waiting = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([waiting, *tasks], return_when=asyncio.FIRST_COMPLETED)
     for task in [waiting, *tasks]:
@@ -74,4 +79,5 @@ async def run_feed_process(settings: Settings) -> None:
     for task in done:
         if task is not waiting and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
+    desk.store.close()
     log.info("feed process stopped")

@@ -193,3 +193,57 @@ async def test_the_dashboard_works_on_a_web_process_in_chromium(
     await changes(lambda: page.locator("#trades tbody tr").first.get_attribute("data-id"), within=3.0)
     assert await page.locator("#chart svg .candles g").count() > 10  # the history came through Redis
     assert log.errors == []
+
+
+async def desk_request(url: str, request: dict[str, Any]) -> dict[str, Any]:
+    async with websockets.connect(url + "?channels=none") as ws:
+        await ws.send(json.dumps({**request, "id": 1}))
+        while True:
+            for message in unwrap(json.loads(await asyncio.wait_for(ws.recv(), 10))):
+                if message.get("id") == 1:
+                    assert_valid(message)
+                    return message
+
+
+async def test_alerts_live_with_the_feed_process_and_every_web_process_sees_them(
+    redis_server: RedisServer, feed_process: Callable[..., FeedProcess], server_process: Start, tmp_path: Any
+) -> None:
+    common = ("--broker", redis_server.url, "--symbols", SYMBOLS)
+    feed = feed_process(*common, "--tick-rate", "20", "--data-dir", str(tmp_path / "feed"))
+    one, two = server_process(*common), server_process(*common)
+    async with websockets.connect(f"ws://127.0.0.1:{two.port}/ws?symbols=BTCUSDT&channels=alerts") as watcher:
+        await watcher.recv()  # welcome
+        created = await desk_request(one.url, {"type": "alert_create", "symbol": "BTCUSDT", "condition": "move",
+                                               "pct": 0.0001, "window_s": 60, "note": "seen everywhere"})
+        assert created["type"] == "alert_rules" and created["op"] == "created", created
+        rule = created["rules"][0]
+        deadline = time.monotonic() + 10
+        alert: dict[str, Any] | None = None
+        while alert is None:
+            assert time.monotonic() < deadline, "no alert on the other web process"
+            for message in unwrap(json.loads(await asyncio.wait_for(watcher.recv(), 10))):
+                if message["type"] == "alert":
+                    assert_valid(message)
+                    alert = message
+    assert alert["data"]["rule_id"] == rule["id"] and alert["data"]["note"] == "seen everywhere"
+    added = await desk_request(two.url, {"type": "annotation_add", "symbol": "ETHUSDT", "price": 3000, "label": "x"})
+    assert added["op"] == "added", added
+    bad = await desk_request(two.url, {"type": "alert_create", "symbol": "NOPEUSDT", "condition": "above",
+                                       "level": 1})
+    assert (bad["type"], bad["code"]) == ("error", "unknown_symbol")  # checked by the feed process's desk
+    await asyncio.sleep(0.5)  # the desk's state travels through Redis
+    for web in (one, two):
+        listed = await desk_request(web.url, {"type": "alert_list"})
+        assert listed["rules"] == [] and [a["id"] for a in listed["history"]] == [alert["data"]["id"]]
+        lines = await desk_request(web.url, {"type": "annotation_list"})
+        assert [a["id"] for a in lines["annotations"]] == [added["annotations"][0]["id"]]
+    async with aiohttp.ClientSession() as session:  # a dashboard on the other process shows the alert
+        page = await (await session.get(f"http://127.0.0.1:{one.port}/")).text()
+        assert "seen everywhere" in page and "not available" not in page
+    assert feed.stop() == 0  # a new feed process on the same data directory: the desk is back, for everyone
+    feed_process(*common, "--tick-rate", "20", "--data-dir", str(tmp_path / "feed"))
+    await asyncio.sleep(1.0)
+    listed = await desk_request(two.url, {"type": "alert_list"})
+    assert [a["id"] for a in listed["history"]] == [alert["data"]["id"]]
+    lines = await desk_request(one.url, {"type": "annotation_list"})
+    assert [a["id"] for a in lines["annotations"]] == [added["annotations"][0]["id"]]

@@ -92,6 +92,9 @@ class Subscriber(Protocol):
     def on_link(self, up: bool) -> None:
         """The link to the broker is lost (``False``) or back (``True``)."""
 
+    def on_desk(self, state: bytes, change: str | None) -> None:
+        """The owner's alert desk (JSON), after ``change`` (``None``: maybe everything)."""
+
 
 class Broker(Protocol):
     url: str

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -36,10 +37,11 @@ from redis.exceptions import RedisError
 
 from bixweb import protocol
 from bixweb.brokers import Publication, Subscriber, decode_publication, encode_publication
+from bixweb.desk import Desk
 from bixweb.errors import BrokerError
-from bixweb.market import Outgoing
+from bixweb.market import Message, Outgoing
 from bixweb.mirror import Seed
-from bixweb.model import CHANNELS, TRADES, stream_key
+from bixweb.model import CHANNELS, REPLAYED, stream_key
 
 log = logging.getLogger("bixweb.broker")
 
@@ -51,6 +53,9 @@ QUEUED_PUBLICATIONS = 10_000
 RETRY_INITIAL = 0.2
 RETRY_MAX = 2.0
 HEALTH_CHECK_S = 1.0
+REQUEST_TIMEOUT_S = 5
+"""Seconds a web process waits for the feed process to answer a desk request."""
+REPLY_TTL_S = 30
 
 
 def backoff(initial: float = RETRY_INITIAL, ceiling: float = RETRY_MAX,
@@ -82,9 +87,14 @@ class RedisBroker:
         self.replay_depth = replay_depth
         self.prefix = prefix
         self.channel = f"{prefix}:publications"
+        self.desk_channel = f"{prefix}:desk:changes"
+        self.requests_key = f"{prefix}:desk:requests"
         self.published = 0
         """Owner side: publications made so far in this epoch."""
         self.up = False
+        self.desk: Desk | None = None
+        """Owner side: the alert desk whose state is kept in Redis and whose requests come through it."""
+        self._desk_changes: list[str] = []
         self._queue: deque[Publication] = deque(maxlen=QUEUED_PUBLICATIONS)
         self._wake = asyncio.Event()
         self._subscribers: list[Subscriber] = []
@@ -106,6 +116,11 @@ class RedisBroker:
 
     def state_changed(self) -> None:
         self._reseed = True
+        self._wake.set()
+
+    def desk_changed(self, change: str) -> None:
+        """Owner side: the desk changed; its state is written and announced by the publishing task."""
+        self._desk_changes.append(change)
         self._wake.set()
 
     _reseed = False
@@ -131,6 +146,13 @@ class RedisBroker:
                         if publication.number > seed.published:
                             await self._write_publication(client, publication)
                         self._queue.popleft()
+                    if self._desk_changes and self.desk is not None:
+                        changes, self._desk_changes = self._desk_changes, []
+                        async with client.pipeline(transaction=True) as pipe:
+                            pipe.set(f"{self.prefix}:desk", self.desk.state())
+                            for change in dict.fromkeys(changes):
+                                pipe.publish(self.desk_channel, change)
+                            await pipe.execute()
                     self._wake.clear()
                     await self._wake.wait()
             except (RedisError, OSError) as exc:
@@ -158,6 +180,9 @@ class RedisBroker:
                 if candles:
                     pipe.rpush(f"{self.prefix}:closed:{stream}", *candles)
             pipe.hset(f"{self.prefix}:seed", mapping={"epoch": seed.epoch, "published": seed.published})
+            if self.desk is not None:
+                pipe.set(f"{self.prefix}:desk", self.desk.state())
+                pipe.publish(self.desk_channel, "all")
             await pipe.execute()
         log.info("wrote the market state to %s (epoch %d, publication %d)", self.url, seed.epoch, seed.published)
 
@@ -166,7 +191,7 @@ class RedisBroker:
         async with client.pipeline(transaction=True) as pipe:
             latest: dict[RedisKey, RedisValue] = {}
             for stream, data, conflate in publication.parts:
-                if stream.startswith(TRADES + ":"):
+                if stream.partition(":")[0] in REPLAYED:
                     key = f"{prefix}:recent:{stream}"
                     pipe.rpush(key, data)
                     pipe.ltrim(key, -self.replay_depth, -1)
@@ -182,21 +207,63 @@ class RedisBroker:
             pipe.publish(self.channel, encode_publication(publication))
             await pipe.execute()
 
+    async def _answer_forever(self) -> None:
+        """Owner side: carry out the desk requests web processes forward (one at a time, in order)."""
+        assert self.desk is not None
+        delays = backoff()
+        while True:
+            client = self._client()
+            try:
+                while True:
+                    item = await client.blpop([self.requests_key], timeout=1)
+                    delays = backoff()
+                    if item is None:
+                        continue
+                    try:
+                        request = orjson.loads(item[1])
+                        reply_to = str(request["reply_to"])
+                    except (orjson.JSONDecodeError, KeyError, TypeError):
+                        log.error("dropped an unreadable desk request")
+                        continue
+                    answer = self.desk.answer(request)
+                    async with client.pipeline(transaction=True) as pipe:
+                        pipe.rpush(reply_to, orjson.dumps(answer))
+                        pipe.expire(reply_to, REPLY_TTL_S)
+                        await pipe.execute()
+            except (RedisError, OSError):
+                await asyncio.sleep(next(delays))
+            finally:
+                await client.aclose()
+
     # -- follower side ------------------------------------------------------
 
     def subscribe(self, subscriber: Subscriber) -> None:
         self._subscribers.append(subscriber)
 
+    _requests: Redis | None = None
+
+    async def forward(self, request: Message) -> Message:
+        """Follower side: hand a desk request to the feed process; its answer, or TimeoutError."""
+        if self._requests is None:
+            self._requests = self._client()
+        reply_to = f"{self.prefix}:desk:reply:{secrets.token_hex(8)}"
+        await self._requests.rpush(self.requests_key, orjson.dumps({**request, "reply_to": reply_to}))
+        item = await self._requests.blpop([reply_to], timeout=REQUEST_TIMEOUT_S)
+        if item is None:
+            raise TimeoutError("no answer from the feed process")
+        answer: Message = orjson.loads(item[1])
+        return answer
+
     async def read_seed(self, client: Redis) -> Seed | None:
         """The owner's state, read in one MULTI so it is one moment's; None before any owner wrote one."""
         prefix = self.prefix
         lists = [stream_key(channel, symbol) for symbol in self.symbols for channel in CHANNELS
-                 if channel == TRADES or channel.startswith("candles_")]
+                 if channel in REPLAYED or channel.startswith("candles_")]
         async with client.pipeline(transaction=True) as pipe:
             pipe.hgetall(f"{prefix}:seed")
             pipe.hgetall(f"{prefix}:latest")
             for stream in lists:
-                kind = "recent" if stream.startswith(TRADES + ":") else "closed"
+                kind = "recent" if stream.partition(":")[0] in REPLAYED else "closed"
                 pipe.lrange(f"{prefix}:{kind}:{stream}", 0, -1)
             replies: list[Any] = await pipe.execute()
         head, latest, *ranges = replies
@@ -206,7 +273,7 @@ class RedisBroker:
         closed: dict[str, list[bytes]] = {}
         for stream, items in zip(lists, ranges, strict=True):
             if items:
-                (recent if stream.startswith(TRADES + ":") else closed)[stream] = list(items)
+                (recent if stream.partition(":")[0] in REPLAYED else closed)[stream] = list(items)
         return Seed(
             epoch=int(head[b"epoch"]),
             published=int(head[b"published"]),
@@ -221,15 +288,20 @@ class RedisBroker:
             client = self._client()
             pubsub = client.pubsub()
             try:
-                await pubsub.subscribe(self.channel)
+                await pubsub.subscribe(self.channel, self.desk_channel)
                 seed = await self.read_seed(client)
                 if seed is not None:
                     self._seed(seed)
+                await self._desk_state(client, None)
                 self._set_up(True)
                 delays = backoff()
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=HEALTH_CHECK_S)
                     if message is None or message.get("type") != "message":
+                        continue
+                    if message.get("channel") == self.desk_channel.encode():
+                        change = message["data"].decode()
+                        await self._desk_state(client, None if change == "all" else change)
                         continue
                     try:
                         publication = decode_publication(message["data"])
@@ -264,6 +336,15 @@ class RedisBroker:
 
     _number = 0
 
+    async def _desk_state(self, client: Redis, change: str | None) -> None:
+        state = await client.get(f"{self.prefix}:desk")
+        if state is None:
+            return
+        if isinstance(state, str):
+            state = state.encode()
+        for subscriber in self._subscribers:
+            subscriber.on_desk(state, change)
+
     def _seed(self, seed: Seed) -> None:
         self._number = seed.published
         for subscriber in self._subscribers:
@@ -289,6 +370,9 @@ class RedisBroker:
     async def run(self) -> None:
         """Publish if this process owns the market (it has a seed source), else follow."""
         if self.seed_source is not None:
-            await self._publish_forever()
+            if self.desk is None:
+                await self._publish_forever()
+                return
+            await asyncio.gather(self._publish_forever(), self._answer_forever())
         else:
             await self._follow_forever()

@@ -20,9 +20,10 @@ from aiohttp import web
 from bixweb import protocol
 from bixweb.access import Tokens, networks
 from bixweb.brokers import Broker, open_broker
+from bixweb.brokers.redis import RedisBroker
 from bixweb.config import Settings
 from bixweb.dashboard import Dashboard, join_fragments
-from bixweb.desk import Desk
+from bixweb.desk import Desk, DeskReplica
 from bixweb.errors import ConfigError
 from bixweb.feeds import Feed, open_feed
 from bixweb.hub import Hub
@@ -98,6 +99,11 @@ class Fanout:
 
     def on_link(self, up: bool) -> None:
         self.service.broker_down = not up
+
+    def on_desk(self, state: bytes, change: str | None) -> None:
+        desk = self.service.desk
+        if isinstance(desk, DeskReplica):
+            desk.load(state, change)
 
 
 FANOUT = web.AppKey("fanout", Fanout)
@@ -235,10 +241,16 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
         replay_depth=settings.replay_depth,
         epoch=now_ms(),
     )
+    tokens = Tokens.load(settings.tokens, settings.token_file)
     broker = open_broker(settings.broker, symbols=settings.symbols, history_points=settings.history_points,
                          replay_depth=settings.replay_depth)
-    tokens = Tokens.load(settings.tokens, settings.token_file)
-    desk = None if follower else Desk(SQLiteStore(Path(settings.data_dir) / STORE_FILE), settings.symbols)
+    desk: Desk | DeskReplica | None
+    if not follower:
+        desk = Desk(SQLiteStore(Path(settings.data_dir) / STORE_FILE), settings.symbols)
+    elif isinstance(broker, RedisBroker):
+        desk = DeskReplica(broker.forward)  # the feed process keeps the rules; requests go to it
+    else:
+        desk = None
     ui_hub = Hub(join=join_fragments)
     watchlist = settings.watchlist or settings.symbols[:6]
     service = Service(
@@ -274,7 +286,7 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
     app.router.add_static("/static/", protocol.ROOT / "static", name="static")
     app.cleanup_ctx.append(background)
     app.on_shutdown.append(close_sockets)
-    if desk is not None:
+    if isinstance(desk, Desk):
         store = desk.store
 
         async def close_store(app: web.Application) -> None:
