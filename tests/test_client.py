@@ -176,6 +176,19 @@ def test_market_view_dedupes_and_holds_trades_back_until_a_gap_is_filled() -> No
     assert view.receive(trade(3, symbol="ETHUSDT")).deliver == [trade(3, symbol="ETHUSDT")]
 
 
+def test_alerts_are_tracked_like_trades_a_gap_asks_for_the_rest() -> None:
+    view = MarketView()
+
+    def alert(seq: int) -> dict[str, Any]:
+        return {"type": "alert", "epoch": 1, "symbol": "BTCUSDT", "seq": seq, "data": {"rule_id": "r"}}
+
+    assert view.receive(alert(1)).deliver == [alert(1)]
+    gap = view.receive(alert(3))
+    assert gap == Received(resyncs=[Resync("alerts", "BTCUSDT", Since(1, {"alerts:BTCUSDT": 1}), "gap")])
+    assert view.receive(alert(2)).deliver == [alert(2), alert(3)]
+    assert view.positions()["alerts:BTCUSDT"] == (1, 3)  # so a resume names it in since
+
+
 def test_market_view_state_streams_may_skip_and_a_new_epoch_starts_over() -> None:
     view = MarketView()
     update = {"type": "market_update", "epoch": 1, "symbol": "BTCUSDT", "seq": 4, "data": {"price": 2.0}}

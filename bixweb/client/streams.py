@@ -33,7 +33,7 @@ CLOSE_REASONS: Final = {
     1012: "server restart",
     4008: "slow consumer",
 }
-DATA_CHANNELS: Final = {"market_update": "ticker", "trade": "trades", "book": "book"}
+DATA_CHANNELS: Final = {"market_update": "ticker", "trade": "trades", "book": "book", "alert": "alerts"}
 MAX_REQUEST_SYMBOLS: Final = 200
 MAX_REQUEST_CHANNELS: Final = 16
 MAX_SINCE_STREAMS: Final = 1000

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from bixweb.client.streams import Message, message_stream
-from bixweb.model import BOOK, TICKER, TRADES, stream_key
+from bixweb.model import BOOK, REPLAYED, TICKER, stream_key
 from bixweb.protocol import Since, book_checksum
 
 log = logging.getLogger("bixweb.client")
@@ -200,7 +200,7 @@ class MarketView:
             self.duplicates += 1
             return Received()
         channel = _channel_symbol(key)[0]
-        if channel == TRADES and position is not None and seq > position[1] + 1:
+        if channel in REPLAYED and position is not None and seq > position[1] + 1:  # trades, alerts
             return self._hold(key, epoch, seq, message, position[1])
         if channel == BOOK and not book_verified(message.get("data", {})):
             return self._bad_book(key, epoch, seq if position is None else position[1] + 1, seq)
