@@ -143,3 +143,10 @@ async def test_a_bad_token_file_stops_the_start(tmp_path: Any) -> None:
 
     with pytest.raises(ConfigError, match="token-file"):
         create_app(fast_settings(token_file=str(tmp_path / "nope")))
+
+
+async def test_a_page_of_another_site_cannot_use_the_bot_socket_through_a_browser(aiohttp_client: Factory) -> None:
+    client = await make_client(aiohttp_client)
+    status, body, _ = await refused(client, "/ws", headers={"Origin": "https://evil.example"})
+    assert (status, body["code"]) == (403, "forbidden_origin")
+    await (await welcomed(client, origin=f"http://{client.host}:{client.port}")).close()  # its own host: fine

@@ -10,7 +10,7 @@ status  code                             when
 401     ``unauthorized``                 bot socket with tokens on, none presented
 401     ``invalid_token``                a token that is not one of ours
 403     ``loopback_only``                no tokens configured, client not on loopback
-403     ``forbidden_origin``             dashboard socket from a page of another origin
+403     ``forbidden_origin``             a socket opened by a page of another origin
 429     ``too_many_connections``         the client address holds its share of sockets
 503     ``server_full``                  every socket the server allows is taken
 ======  ===============================  =========================================
@@ -59,7 +59,16 @@ def refuse(
 
 
 def bot_access(request: web.Request, service: Service) -> web.Response | None:
-    """Tokens when configured; otherwise loopback clients only, unless ``--open-bots``."""
+    """Tokens when configured; otherwise loopback clients only, unless ``--open-bots``.
+
+    A handshake with a foreign ``Origin`` is a browser page of another site
+    (bots send none, or their own host): it is refused as on the dashboard
+    socket, so no page can use a local bixweb's bot socket, which can write
+    alert rules, through the visitor's browser.
+    """
+    refused = ui_access(request, service, kind="bot")
+    if refused is not None:
+        return refused
     tokens = service.tokens
     if tokens:
         presented = presented_token(request.headers, request.query)
@@ -93,12 +102,12 @@ def proxied_by_stranger(request: web.Request, service: Service) -> bool:
     return not within(address, service.trusted_proxies)
 
 
-def ui_access(request: web.Request, service: Service) -> web.Response | None:
-    """The page that opens a dashboard socket must be ours (or on the allowlist)."""
+def ui_access(request: web.Request, service: Service, *, kind: str = "ui") -> web.Response | None:
+    """The page that opens a socket must be ours (or on the allowlist)."""
     if origin_allowed(request.headers.get("Origin"), request.host, service.settings.allowed_origins):
         return None
-    return refuse(request, service, kind="ui", status=403, code="forbidden_origin",
-                  message="this origin may not open the dashboard socket")
+    return refuse(request, service, kind=kind, status=403, code="forbidden_origin",
+                  message="this origin may not open this socket")
 
 
 def admit(request: web.Request, service: Service, kind: str) -> web.Response | None:
