@@ -148,7 +148,7 @@ def _flag(text: str) -> bool:
 OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "host": (str, "address to listen on"),
     "port": (_port, "port to listen on; 0 picks a free one (the log says which)"),
-    "feed": (str, "market-data source: simulated://"),
+    "feed": (str, "market-data source: simulated://, binance://, replay://FILE?speed=N (docs/feeds.md)"),
     "symbols": (_symbols, "comma-separated symbols to carry"),
     "tick_rate": (_positive(float), "simulated market ticks per second"),
     "seed": (int, "seed of the simulated market (same seed, same market)"),

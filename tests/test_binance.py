@@ -404,3 +404,13 @@ async def test_malformed_upstream_frames_are_counted_and_the_feed_goes_on(
     assert feed.intake.malformed == 3
     assert len(fake.peers) == 1
     assert "feed_malformed_frame" in caplog.text and "SECRET" not in caplog.text
+
+
+async def test_an_unreachable_upstream_is_down_not_merely_stale(aiohttp_client: Factory) -> None:
+    from tests.support import free_port
+
+    client = await start_app(aiohttp_client, f"binance://?url=ws://127.0.0.1:{free_port()}&flush=0.01")
+    async with client.ws_connect("/ws?symbols=BTCUSDT&channels=ticker") as ws:
+        await read_until(ws, is_status("down"), timeout=5.0)  # no link to the exchange at all
+    health = await (await client.get("/healthz")).json()
+    assert health["feed"] == "down"

@@ -25,7 +25,7 @@ from bixweb.config import Settings
 from bixweb.dashboard import Dashboard, join_fragments
 from bixweb.desk import Desk, DeskReplica
 from bixweb.errors import ConfigError
-from bixweb.feeds import Feed, open_feed
+from bixweb.feeds import Feed, open_feed, upstream_connected
 from bixweb.hub import Hub
 from bixweb.limits import ConnectionLimits
 from bixweb.market import Market, Message, Outgoing
@@ -268,6 +268,9 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
     announce_access(settings, tokens)
     app = web.Application(middlewares=[gate.trust_forwarded(service)] if settings.trusted_proxies else [])
     app[SERVICE] = service
+    if feed is not None:
+        owned = feed
+        service.upstream = lambda: upstream_connected(owned)
     app[metrics.REGISTRY] = metrics.registry_for(service)
     fanout = app[FANOUT] = Fanout(service)
     broker.subscribe(fanout)

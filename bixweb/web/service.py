@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -35,6 +36,8 @@ class Service:
     dashboard: Dashboard
     started: float = field(default_factory=time.monotonic)
     feed_down: bool = False
+    upstream: Callable[[], bool | None] = lambda: None
+    """Whether the feed's link to its exchange is up (None: a feed without one)."""
     broker_down: bool = False
     """A web process that lost its link to the broker (Redis): its market stands still."""
     limits: ConnectionLimits = field(default_factory=lambda: ConnectionLimits(total=0, per_client=0))
@@ -58,7 +61,7 @@ class Service:
             return "down"
         last = self.market.last_event_ms
         if last is None or now - last > self.settings.stale_after * 1000:
-            return "stale"
+            return "down" if self.upstream() is False else "stale"  # silent and cut off, or only silent
         return "live"
 
     def opened(self, conn: Connection) -> None:
