@@ -67,6 +67,21 @@ def is_loopback(address: str) -> bool:
         return False
 
 
+def local_host(host: str, allowed: tuple[str, ...] = ()) -> bool:
+    """Is ``host`` (a ``Host`` header) a name only this machine answers to: an IP address,
+    ``localhost``, or the host of an allowed origin? A DNS name that happens to point
+    at 127.0.0.1 is not: that is how DNS rebinding reaches a local server."""
+    name = urlsplit("//" + host).hostname or ""
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    return any(urlsplit(origin).hostname == name for origin in allowed)
+
+
 def origin_allowed(origin: str | None, host: str, allowed: tuple[str, ...]) -> bool:
     """May a page from ``origin`` open a socket on ``host``?
 

@@ -7,6 +7,7 @@ logged: only their size, type of refusal, and who sent them.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -25,10 +26,14 @@ def event(logger: logging.Logger, level: int, name: str, **fields: Any) -> None:
 
 
 def _text(value: Any) -> str:
+    """A value as one token: quoted and escaped (as JSON) when it holds spaces, quotes or control
+    characters, so a client's text can never start a line of its own."""
     if value is None or value == "":
         return "-"
     text = str(value)
-    return f'"{text}"' if " " in text else text
+    if any(c in text for c in ' "\\') or not text.isprintable():
+        return json.dumps(text)
+    return text
 
 
 class JsonFormatter(logging.Formatter):

@@ -150,3 +150,25 @@ async def test_a_page_of_another_site_cannot_use_the_bot_socket_through_a_browse
     status, body, _ = await refused(client, "/ws", headers={"Origin": "https://evil.example"})
     assert (status, body["code"]) == (403, "forbidden_origin")
     await (await welcomed(client, origin=f"http://{client.host}:{client.port}")).close()  # its own host: fine
+
+
+async def test_dns_rebinding_cannot_reach_a_local_server(aiohttp_client: Factory) -> None:
+    """A page of evil.example whose name now points at 127.0.0.1: Origin and Host agree, the peer is local."""
+    client = await make_client(aiohttp_client)
+    rebound = f"evil.example:{client.port}"
+    for path in ("/ws", "/ws/ui?page=abcdefghijkl"):
+        status, body, _ = await refused(client, path, headers={"Host": rebound, "Origin": f"http://{rebound}"})
+        assert (status, body["code"]) == (403, "forbidden_host"), path
+    status, body, _ = await refused(client, "/ws", headers={"Host": rebound})
+    assert (status, body["code"]) == (403, "forbidden_host")
+    await (await welcomed(client, headers={"Host": f"localhost:{client.port}"})).close()
+    allowed = await make_client(aiohttp_client, allowed_origins=("https://app.example",))
+    await (await welcomed(allowed, headers={"Host": "app.example"})).close()  # a configured name is fine
+
+
+def test_local_hosts_are_addresses_localhost_or_allowed_names() -> None:
+    from bixweb.access import is_loopback, local_host
+
+    assert local_host("127.0.0.1:8080") and local_host("[::1]:8080") and local_host("localhost")
+    assert not local_host("evil.example:8080") and local_host("app.example", ("https://app.example",))
+    assert is_loopback("127.0.0.9")

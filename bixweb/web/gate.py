@@ -11,6 +11,7 @@ status  code                             when
 401     ``invalid_token``                a token that is not one of ours
 403     ``loopback_only``                no tokens configured, client not on loopback
 403     ``forbidden_origin``             a socket opened by a page of another origin
+403     ``forbidden_host``               a loopback client asking by a DNS name (rebinding)
 429     ``too_many_connections``         the client address holds its share of sockets
 503     ``server_full``                  every socket the server allows is taken
 ======  ===============================  =========================================
@@ -26,7 +27,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Middleware
 from aiohttp.web_request import BaseRequest
 
-from bixweb.access import forwarded, is_loopback, origin_allowed, presented_token, within
+from bixweb.access import forwarded, is_loopback, local_host, origin_allowed, presented_token, within
 from bixweb.logs import event
 from bixweb.web.service import SERVICE, Service
 
@@ -83,7 +84,14 @@ def bot_access(request: web.Request, service: Service) -> web.Response | None:
         return None
     if service.settings.open_bots:
         return None
-    if is_loopback(request.remote or "") and not proxied_by_stranger(request, service):
+    if (
+        is_loopback(request.remote or "")
+        and is_loopback(peer_address(request))  # a forwarded address alone never makes a client local
+        and not proxied_by_stranger(request, service)
+    ):
+        if not local_host(request.host, service.settings.allowed_origins):
+            return refuse(request, service, kind="bot", status=403, code="forbidden_host",
+                          message="a local client must ask for this server by address or as localhost")
         return None
     return refuse(request, service, kind="bot", status=403, code="loopback_only",
                   message="without configured tokens the bot socket serves loopback clients only")
@@ -97,17 +105,32 @@ def proxied_by_stranger(request: web.Request, service: Service) -> bool:
     """
     if "X-Forwarded-For" not in request.headers:
         return False
+    return not within(peer_address(request), service.trusted_proxies)
+
+
+def peer_address(request: web.Request) -> str:
+    """The address of the TCP peer itself (a proxy, if there is one)."""
     peer = request.transport.get_extra_info("peername") if request.transport is not None else None
-    address = peer[0] if isinstance(peer, tuple) and peer else ""
-    return not within(address, service.trusted_proxies)
+    return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
 
 def ui_access(request: web.Request, service: Service, *, kind: str = "ui") -> web.Response | None:
-    """The page that opens a socket must be ours (or on the allowlist)."""
-    if origin_allowed(request.headers.get("Origin"), request.host, service.settings.allowed_origins):
-        return None
-    return refuse(request, service, kind=kind, status=403, code="forbidden_origin",
-                  message="this origin may not open this socket")
+    """The page that opens a socket must be ours (or on the allowlist).
+
+    Without an allowlist, "ours" means the ``Host`` the page was served from;
+    for a browser on this machine (a loopback peer) that ``Host`` must be
+    local too, or a rebound DNS name would make any site "ours".
+    """
+    allowed = service.settings.allowed_origins
+    origin = request.headers.get("Origin")
+    if not origin_allowed(origin, request.host, allowed):
+        return refuse(request, service, kind=kind, status=403, code="forbidden_origin",
+                      message="this origin may not open this socket")
+    if origin is not None and not allowed and is_loopback(request.remote or "") \
+            and not local_host(request.host):
+        return refuse(request, service, kind=kind, status=403, code="forbidden_host",
+                      message="a local browser must ask for this server by address or as localhost")
+    return None
 
 
 def admit(request: web.Request, service: Service, kind: str) -> web.Response | None:
