@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 import orjson
@@ -44,6 +45,8 @@ class Desk:
         self.history = AlertHistory(state.history)
         self.annotations: dict[str, Annotation] = {a.id: a for a in state.annotations}
         self.listeners: list[Callable[[Change], None]] = []
+        self._unwritten_finished: list[str] = []
+        """One-shot rules that fired but whose deletion the store refused: tried again next time."""
         log.info("alert desk: %d rules, %d alerts in history, %d annotations", len(self.book), len(self.history),
                  len(self.annotations))
 
@@ -91,15 +94,20 @@ class Desk:
         evaluation = self.book.observe_updates(outgoing)
         if not evaluation.fired and not evaluation.finished:
             return []
+        # a replayed market fires at the same times and seqs again: each firing gets an id of its own
+        fired = [replace(alert, id=f"{alert.id}:{secrets.token_hex(3)}") for alert in evaluation.fired]
+        finished = [*self._unwritten_finished, *evaluation.finished]
         try:
-            self.store.record(evaluation.fired, evaluation.finished)
-        except StoreError:  # the alerts still go out; the history on disk misses them
-            log.exception("the desk could not keep %d alerts", len(evaluation.fired))
-        self.history.add(evaluation.fired)
+            self.store.record(fired, finished)
+            self._unwritten_finished = []
+        except StoreError:  # the alerts still go out; finished rules are deleted with the next write
+            log.exception("the desk could not keep %d alerts", len(fired))
+            self._unwritten_finished = finished
+        self.history.add(fired)
         if evaluation.finished:
             self._changed("rules")
         self._changed("alerts")
-        return list(evaluation.fired)
+        return fired
 
     # -- annotations -----------------------------------------------------------
 

@@ -141,12 +141,14 @@ class Mirror(Market):
     def load(self, seed: Seed, now_ms: int) -> list[Part]:
         """Start over from ``seed``; return what subscribers missed since this mirror's last state.
 
-        Within the same epoch that is every trade after the seq a stream was
-        at, and the latest message of every state stream that moved on, in
-        a safe order (state first, trades by seq). A new epoch returns the
-        latest state of every stream: clients see the new epoch and start over.
+        Within the same epoch that is every trade (and alert) after the seq a
+        stream was at, and the latest message of every state stream that moved
+        on: state first, then trades by seq. On a new epoch it is all the seed
+        holds of it (the owner restarted: its first trades must not be lost
+        to clients already connected). A first load returns nothing.
         """
         same_epoch = self.seeded and seed.epoch == self.epoch
+        catch_up = self.seeded  # a first load has no subscribers to catch up
         before = dict(self.seq) if same_epoch else {}
         fresh = Mirror(self.symbols, history_points=self.history_points,
                        trade_history=self.states[self.symbols[0]].trade_history if self.symbols else 100,
@@ -162,13 +164,13 @@ class Mirror(Market):
         for stream, raw in seed.latest.items():
             message = orjson.loads(raw)
             fresh._take(stream, message)
-            if int(message["seq"]) > before.get(stream, 0):
+            if catch_up and int(message["seq"]) > before.get(stream, 0):
                 missed.append((stream, raw, not _closed_candle(message)))
         for stream, raws in seed.recent.items():
             for raw in raws:
                 message = orjson.loads(raw)
                 fresh._take(stream, message)
-                if int(message["seq"]) > before.get(stream, 0) and same_epoch:
+                if catch_up and int(message["seq"]) > before.get(stream, 0):
                     missed.append((stream, raw, False))
         for state in fresh.states.values():
             if state.closed[Interval.M1]:

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import random
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -137,6 +138,7 @@ class RedisBroker:
                 self._set_up(True)
                 delays = backoff()
                 while True:
+                    self._wake.clear()  # before the work: a wake during an await below is not lost
                     if self._reseed:
                         self._reseed = False
                         seed = self.seed_source()
@@ -153,7 +155,6 @@ class RedisBroker:
                             for change in dict.fromkeys(changes):
                                 pipe.publish(self.desk_channel, change)
                             await pipe.execute()
-                    self._wake.clear()
                     await self._wake.wait()
             except (RedisError, OSError) as exc:
                 self._set_up(False, exc)
@@ -166,7 +167,9 @@ class RedisBroker:
                 await client.aclose()
 
     async def _write_seed(self, client: Redis, seed: Seed) -> None:
-        stale = [key async for key in client.scan_iter(match=f"{self.prefix}:*")]
+        requests = f"{self.prefix}:desk:"  # requests and replies in flight are not state: keep them
+        stale = [key async for key in client.scan_iter(match=f"{self.prefix}:*")
+                 if not key.decode().startswith(requests)]
         async with client.pipeline(transaction=True) as pipe:
             if stale:
                 pipe.delete(*stale)
@@ -225,12 +228,17 @@ class RedisBroker:
                     except (orjson.JSONDecodeError, KeyError, TypeError):
                         log.error("dropped an unreadable desk request")
                         continue
+                    if int(request.get("deadline_ms", 0)) < time.time() * 1000:
+                        continue  # the web process has given up on it: carrying it out would surprise
                     answer = self.desk.answer(request)
                     async with client.pipeline(transaction=True) as pipe:
                         pipe.rpush(reply_to, orjson.dumps(answer))
                         pipe.expire(reply_to, REPLY_TTL_S)
                         await pipe.execute()
             except (RedisError, OSError):
+                await asyncio.sleep(next(delays))
+            except Exception:  # a bad request or a bug must not end the feed process
+                log.exception("answering a desk request failed")
                 await asyncio.sleep(next(delays))
             finally:
                 await client.aclose()
@@ -247,7 +255,9 @@ class RedisBroker:
         if self._requests is None:
             self._requests = self._client()
         reply_to = f"{self.prefix}:desk:reply:{secrets.token_hex(8)}"
-        await self._requests.rpush(self.requests_key, orjson.dumps({**request, "reply_to": reply_to}))
+        deadline_ms = int(time.time() * 1000 + REQUEST_TIMEOUT_S * 1000)
+        await self._requests.rpush(self.requests_key, orjson.dumps(
+            {**request, "reply_to": reply_to, "deadline_ms": deadline_ms}))
         item = await self._requests.blpop([reply_to], timeout=REQUEST_TIMEOUT_S)
         if item is None:
             raise TimeoutError("no answer from the feed process")

@@ -87,12 +87,10 @@ class Fanout:
         service = self.service
         mirror = service.market
         assert isinstance(mirror, Mirror)
-        same_epoch = mirror.seeded and mirror.epoch == seed.epoch
         missed = mirror.load(seed, now_ms())
         log.info("market state loaded: epoch %d, publication %d; %d messages to catch clients up",
-                 seed.epoch, seed.published, len(missed) if same_epoch else 0)
-        if same_epoch:
-            service.hub.publish_encoded(missed)  # what clients missed while the link was down, in order
+                 seed.epoch, seed.published, len(missed))
+        service.hub.publish_encoded(missed)  # what clients missed while the link was down, in order
         service.dashboard.mark_streams(mirror.latest)
         service.dashboard.mark_streams(mirror.recent)
         self.seeded.set()

@@ -24,6 +24,9 @@ from bixweb.web.service import SERVICE, Service, now_ms
 
 log = logging.getLogger("bixweb.bot")
 
+MAX_PENDING_DESK_REQUESTS = 8
+"""Alert and annotation requests one bot may have in flight to the feed process."""
+
 
 def initial_streams(query: Mapping[str, str], symbols: list[str], limit: int) -> list[tuple[str, str]]:
     """The subscription a connection starts with, from ``?symbols=…&channels=…``.
@@ -173,6 +176,9 @@ class BotSession:
             self.send(desk.perform(request.kind, request.fields, owner=self.owner, now_ms=now_ms(),
                                    request_id=request.id))
             return
+        if len(self._pending) >= MAX_PENDING_DESK_REQUESTS:
+            raise ProtocolError("rate_limited", f"at most {MAX_PENDING_DESK_REQUESTS} alert requests at a time; "
+                                "wait for the answers", request_id=request.id)
         task = asyncio.create_task(self._forward(desk, request), name=f"desk-{self.conn.session}")
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -183,6 +189,11 @@ class BotSession:
                                              request_id=request.id)
         except ProtocolError as exc:
             self.send(protocol.error_message(now_ms(), exc))
+            return
+        except Exception:  # a bug must cost one answer, not the connection
+            log.exception("internal error session=%s (desk request)", self.conn.session)
+            self.send(protocol.error_message(now_ms(), ProtocolError("internal_error", "the server failed",
+                                                                     request_id=request.id)))
             return
         self.send(reply)
 
