@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -46,7 +47,9 @@ class Desk:
         self.annotations: dict[str, Annotation] = {a.id: a for a in state.annotations}
         self.listeners: list[Callable[[Change], None]] = []
         self._unwritten_finished: list[str] = []
-        """One-shot rules that fired but whose deletion the store refused: tried again next time."""
+        """One-shot rules that fired but whose deletion the store refused: tried again next time
+        (touched on the writer thread only)."""
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bixweb-desk")
         log.info("alert desk: %d rules, %d alerts in history, %d annotations", len(self.book), len(self.history),
                  len(self.annotations))
 
@@ -96,18 +99,31 @@ class Desk:
             return []
         # a replayed market fires at the same times and seqs again: each firing gets an id of its own
         fired = [replace(alert, id=f"{alert.id}:{secrets.token_hex(3)}") for alert in evaluation.fired]
-        finished = [*self._unwritten_finished, *evaluation.finished]
-        try:
-            self.store.record(fired, finished)
-            self._unwritten_finished = []
-        except StoreError:  # the alerts still go out; finished rules are deleted with the next write
-            log.exception("the desk could not keep %d alerts", len(fired))
-            self._unwritten_finished = finished
+        # kept on the store's own thread: an fsync must not hold up the market for every client
+        self._writer.submit(self._record, fired, list(evaluation.finished))
         self.history.add(fired)
         if evaluation.finished:
             self._changed("rules")
         self._changed("alerts")
         return fired
+
+    def _record(self, fired: list[Alert], finished: list[str]) -> None:
+        """On the writer thread, in order: keep fired alerts, delete finished one-shot rules."""
+        finished = [*self._unwritten_finished, *finished]
+        try:
+            self.store.record(fired, finished)
+            self._unwritten_finished = []
+        except StoreError:  # the alerts went out; finished rules are deleted with the next write
+            log.exception("the desk could not keep %d alerts", len(fired))
+            self._unwritten_finished = finished
+
+    def flush(self) -> None:
+        """Wait until every alert handed to the writer thread is written (tests; before closing)."""
+        self._writer.submit(lambda: None).result()
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self.store.close()
 
     # -- annotations -----------------------------------------------------------
 

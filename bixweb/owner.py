@@ -79,5 +79,5 @@ async def run_feed_process(settings: Settings) -> None:
     for task in done:
         if task is not waiting and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
-    desk.store.close()
+    desk.close()
     log.info("feed process stopped")

@@ -161,3 +161,40 @@ def test_a_corrupt_store_stops_the_start_with_a_clear_message(tmp_path: Path) ->
                             cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert str(tmp_path / "bixweb.sqlite3") in result.stderr and "Traceback" not in result.stderr
+
+
+def ticker(price: float, seq: int) -> Any:
+    from bixweb.market import Outgoing
+
+    return Outgoing("ticker:BTCUSDT", {"type": "market_update", "symbol": "BTCUSDT", "seq": seq,
+                                       "data": {"price": price, "time": 1_000 * seq}}, True)
+
+
+def test_the_desk_writes_fired_alerts_off_the_market_path_and_retries_what_failed(tmp_path: Path) -> None:
+    from bixweb.desk import Desk
+    from bixweb.errors import StoreError
+    from bixweb.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "bixweb.sqlite3")
+    desk = Desk(store, ["BTCUSDT"])
+    rule = desk.create_rule({"symbol": "BTCUSDT", "condition": "above", "level": 100}, owner="t", now_ms=1)
+    desk.observe([ticker(99.0, 1)])
+    original = store.record
+    calls: list[int] = []
+
+    def failing(fired: Any, finished: Any) -> None:
+        calls.append(len(finished))
+        raise StoreError("disk full")
+
+    store.record = failing  # type: ignore[method-assign]
+    (alert,) = desk.observe([ticker(101.0, 2)])
+    desk.flush()
+    assert calls == [1] and desk.rules() == [] and [a.id for a in desk.alerts()] == [alert.id]
+    store.record = original  # type: ignore[method-assign]
+    desk.observe([ticker(102.0, 3)])  # nothing fires; the next write that happens retries the deletion
+    desk.create_rule({"symbol": "BTCUSDT", "condition": "below", "level": 50}, owner="t", now_ms=2)
+    desk.observe([ticker(49.0, 4)])
+    desk.close()
+    reopened = SQLiteStore(tmp_path / "bixweb.sqlite3").load()
+    assert rule.id not in {r.id for r in reopened.rules}  # the deletion that failed was done later
+    assert len(reopened.history) == 1 and alert.id not in {a.id for a in reopened.history}

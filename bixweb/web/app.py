@@ -288,10 +288,10 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
     app.cleanup_ctx.append(background)
     app.on_shutdown.append(close_sockets)
     if isinstance(desk, Desk):
-        store = desk.store
+        owned_desk = desk
 
-        async def close_store(app: web.Application) -> None:
-            store.close()
+        async def close_desk(app: web.Application) -> None:
+            owned_desk.close()  # the alerts still being written first
 
-        app.on_cleanup.append(close_store)
+        app.on_cleanup.append(close_desk)
     return app
