@@ -75,6 +75,7 @@ class Mirror(Market):
 
     def __init__(self, symbols: Iterable[str], **options: Any) -> None:
         super().__init__(symbols, **options)
+        self._options = {k: v for k, v in options.items() if k != "epoch"}
         self.published = 0
         """Publications absorbed so far (the owner's count): a jump means some were lost."""
         self.seeded = False
@@ -150,9 +151,7 @@ class Mirror(Market):
         same_epoch = self.seeded and seed.epoch == self.epoch
         catch_up = self.seeded  # a first load has no subscribers to catch up
         before = dict(self.seq) if same_epoch else {}
-        fresh = Mirror(self.symbols, history_points=self.history_points,
-                       trade_history=self.states[self.symbols[0]].trade_history if self.symbols else 100,
-                       replay_depth=self.replay_depth, epoch=seed.epoch)
+        fresh = Mirror(self.symbols, **self._options, epoch=seed.epoch)
         for stream, candles in seed.closed.items():
             channel, _, symbol = stream.partition(":")
             state = fresh.states.get(symbol)

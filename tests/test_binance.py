@@ -19,8 +19,9 @@ from bixweb.errors import ConfigError
 from bixweb.feeds import open_feed, upstream_connected
 from bixweb.feeds.adapter import Frame, Intake, MalformedFrame, Parsed
 from bixweb.feeds.binance import BinanceAdapter, open_binance, parse_frame, stream_names
-from bixweb.feeds.exchange import ConnectionOptions, ExchangeFeed, backoff
+from bixweb.feeds.exchange import ConnectionOptions, ExchangeFeed
 from bixweb.model import Book, Candle, CandleUpdate, Interval, TickerStats, Trade
+from bixweb.retry import backoff
 from bixweb.web.app import create_app
 from tests.fake_exchange import FakeExchange, depth_payload, kline_event, ticker_event, trade_event
 from tests.support import assert_valid, fast_settings, unwrap

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -43,6 +42,7 @@ from bixweb.errors import BrokerError
 from bixweb.market import Message, Outgoing
 from bixweb.mirror import Seed
 from bixweb.model import CHANNELS, REPLAYED, stream_key
+from bixweb.retry import backoff
 
 log = logging.getLogger("bixweb.broker")
 
@@ -57,16 +57,6 @@ HEALTH_CHECK_S = 1.0
 REQUEST_TIMEOUT_S = 5
 """Seconds a web process waits for the feed process to answer a desk request."""
 REPLY_TTL_S = 30
-
-
-def backoff(initial: float = RETRY_INITIAL, ceiling: float = RETRY_MAX,
-            rng: random.Random | None = None) -> Iterator[float]:
-    """Delays between reconnects: doubling, jittered, capped."""
-    rng = rng or random.Random()
-    delay = initial
-    while True:
-        yield delay * (0.5 + rng.random() / 2)
-        delay = min(ceiling, delay * 2)
 
 
 class RedisBroker:
@@ -128,7 +118,7 @@ class RedisBroker:
 
     async def _publish_forever(self) -> None:
         assert self.seed_source is not None
-        delays = backoff()
+        delays = backoff(RETRY_INITIAL, RETRY_MAX)
         while True:
             client = self._client()
             try:
@@ -136,7 +126,7 @@ class RedisBroker:
                 seed = self.seed_source()
                 await self._write_seed(client, seed)
                 self._set_up(True)
-                delays = backoff()
+                delays = backoff(RETRY_INITIAL, RETRY_MAX)
                 while True:
                     self._wake.clear()  # before the work: a wake during an await below is not lost
                     if self._reseed:
@@ -213,13 +203,13 @@ class RedisBroker:
     async def _answer_forever(self) -> None:
         """Owner side: carry out the desk requests web processes forward (one at a time, in order)."""
         assert self.desk is not None
-        delays = backoff()
+        delays = backoff(RETRY_INITIAL, RETRY_MAX)
         while True:
             client = self._client()
             try:
                 while True:
                     item = await client.blpop([self.requests_key], timeout=1)
-                    delays = backoff()
+                    delays = backoff(RETRY_INITIAL, RETRY_MAX)
                     if item is None:
                         continue
                     try:
@@ -293,7 +283,7 @@ class RedisBroker:
         )
 
     async def _follow_forever(self) -> None:
-        delays = backoff()
+        delays = backoff(RETRY_INITIAL, RETRY_MAX)
         while True:
             client = self._client()
             pubsub = client.pubsub()
@@ -304,7 +294,7 @@ class RedisBroker:
                     self._seed(seed)
                 await self._desk_state(client, None)
                 self._set_up(True)
-                delays = backoff()
+                delays = backoff(RETRY_INITIAL, RETRY_MAX)
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=HEALTH_CHECK_S)
                     if message is None or message.get("type") != "message":

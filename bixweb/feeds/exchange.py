@@ -27,7 +27,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -37,6 +37,7 @@ from bixweb.errors import FeedError
 from bixweb.feeds.adapter import ExchangeAdapter, Frame, Intake
 from bixweb.logs import event
 from bixweb.model import MarketEvent
+from bixweb.retry import backoff
 
 log = logging.getLogger("bixweb.feeds.exchange")
 
@@ -47,23 +48,6 @@ MAX_FRAME_BYTES: Final = 1 << 20
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def backoff(
-    initial: float = 0.5, maximum: float = 30.0, *, factor: float = 2.0, rng: random.Random | None = None
-) -> Iterator[float]:
-    """Delays before successive reconnection attempts, in seconds.
-
-    Exponential and capped, with "equal jitter": each delay is drawn between
-    half the current ceiling and the ceiling, so that many servers cut off at
-    once do not come back in step, and no delay is zero (an exchange limits
-    connection attempts per IP).
-    """
-    rng = rng or random.Random()
-    ceiling = initial
-    while True:
-        yield rng.uniform(ceiling / 2, ceiling)
-        ceiling = min(ceiling * factor, maximum)
 
 
 @dataclass(slots=True)

@@ -67,7 +67,7 @@ def bot_access(request: web.Request, service: Service) -> web.Response | None:
     socket, so no page can use a local bixweb's bot socket, which can write
     alert rules, through the visitor's browser.
     """
-    refused = ui_access(request, service, kind="bot")
+    refused = origin_access(request, service, kind="bot")
     if refused is not None:
         return refused
     tokens = service.tokens
@@ -114,7 +114,7 @@ def peer_address(request: web.Request) -> str:
     return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
 
-def ui_access(request: web.Request, service: Service, *, kind: str = "ui") -> web.Response | None:
+def origin_access(request: web.Request, service: Service, *, kind: str = "ui") -> web.Response | None:
     """The page that opens a socket must be ours (or on the allowlist).
 
     Without an allowlist, "ours" means the ``Host`` the page was served from;

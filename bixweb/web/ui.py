@@ -68,7 +68,7 @@ def socket_url(request: web.Request, page: str) -> str:
 
 async def ui_socket(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
-    refused = gate.ui_access(request, service)
+    refused = gate.origin_access(request, service)
     if refused is not None:
         return refused
     page = request.query.get("page", "")
