@@ -30,7 +30,9 @@ from bixweb.web.app import create_app
 from bixweb.web.connection import CLOSE_SLOW_CONSUMER, Connection
 from bixweb.web.service import SERVICE
 from tests.faultproxy import FaultProxy
+from tests.redis_server import RedisServer
 from tests.support import ServerProcess, fast_settings, unwrap
+from tests.test_brokers import FeedProcess
 
 Message = dict[str, Any]
 ALL_TRADES = "symbols=*&channels=trades"
@@ -84,10 +86,13 @@ def received_in_order(seen: dict[str, list[tuple[int, int]]], start: dict[str, i
     return sum(len(trades) for trades in seen.values())
 
 
-async def caught_up(seen: Callable[[], dict[str, int]], target: dict[str, int], timeout: float) -> float:
-    """Seconds until every stream of ``target`` reached its seq there."""
+async def caught_up(
+    seen: Callable[[], dict[str, int]], target: dict[str, int], timeout: float, closed: Callable[[], object]
+) -> float:
+    """Seconds until every stream of ``target`` reached its seq there; fails at once if ``closed()`` says why."""
     started = time.monotonic()
     while any(seen().get(stream, 0) < seq for stream, seq in target.items()):
+        assert not closed(), f"the resumed bot was closed: {closed()}"
         assert time.monotonic() - started < timeout, "the resumed bot did not catch up"
         await asyncio.sleep(0.05)
     return time.monotonic() - started
@@ -128,7 +133,7 @@ async def away_and_back(url: str, reference: Reference, away_s: float) -> dict[s
 
         reader = asyncio.create_task(read())
         latest = lambda: {s: trades[-1][0] for s, trades in seen.items() if trades}  # noqa: E731
-        catch_up_s = await caught_up(latest, target, timeout=20)
+        catch_up_s = await caught_up(latest, target, timeout=20, closed=lambda: ws.close_code)
         await asyncio.sleep(1.0)  # and live trades after the replay
         assert not reader.done(), f"the resumed bot was closed: {ws.close_code} {ws.close_reason}"
         reader.cancel()
@@ -178,7 +183,7 @@ async def test_the_client_library_resumes_an_8_s_outage_without_a_hole(server: S
             def latest() -> dict[str, int]:
                 return {s: seq for s in target if (seq := client.view.seq(s)) is not None}
 
-            await caught_up(latest, target, timeout=20)
+            await caught_up(latest, target, timeout=20, closed=lambda: client.close_code == CLOSE_SLOW_CONSUMER)
             assert client.recovered is True and client.gaps == 0 and client.duplicates == 0
             assert client.close_code != CLOSE_SLOW_CONSUMER
         finally:
@@ -190,10 +195,8 @@ async def test_the_client_library_resumes_an_8_s_outage_without_a_hole(server: S
         if m["type"] == "trade":
             by_stream.setdefault(f"trades:{m['symbol']}", []).append((m["seq"], m["data"]["id"]))
     count = received_in_order(by_stream, initial["seq"], reference)
-    reconnects = client.connections - 1
-    print(f"\nclient library: {count} trades, {reconnects} reconnect attempts that got through, "
-          f"resumes {client.resumes}")
-    assert count > 8 * 100 and client.resumes == 1
+    print(f"\nclient library: {count} trades, connections {client.connections}, resumes {client.resumes}")
+    assert count > 8 * 100 and client.resumes == 1 and client.connections == 2  # one reconnect: no 4008 loop
     assert b"slow_consumer" not in server.output
 
 
@@ -302,3 +305,25 @@ async def test_bots_that_stop_reading_during_a_huge_replay_are_closed_in_bounded
     print(f"\nsilent resumers ({replay_size} messages each): closed 4008 after {sorted(closed_at.values())} s; "
           f"held at most {max(most.values())} messages (bound {bound}); "
           f"{sorted(owed_at_close.values())} replayed messages still owed at the close")
+
+
+# -- a web process that mirrors the market (--broker redis://) ----------------------
+
+
+@pytest.mark.timeout(60)
+async def test_a_web_process_mirroring_the_feed_replays_a_resume_larger_than_the_outbox(
+    redis_server: RedisServer, server_process: Callable[..., ServerProcess]
+) -> None:
+    common = ("--broker", redis_server.url)
+    feed = FeedProcess(*common, "--tick-rate", "50")  # ~1,300 trades a second over the 20 symbols
+    try:
+        web = server_process(*common)
+        reference = Reference(web.url).start()
+        await asyncio.sleep(1.0)
+        figures = await away_and_back(web.url, reference, 3.0)
+        await reference.stop()
+    finally:
+        feed.stop()
+    print(f"\nresumed through the mirror: {figures}")
+    assert figures["missed"] > 1_024
+    assert b"slow_consumer" not in web.output

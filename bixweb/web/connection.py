@@ -213,7 +213,8 @@ class Connection:
 
     def _queued(self, within_bounds: bool) -> None:
         if within_bounds or self._spilled():
-            self._ensure_writer()
+            if self._writer is None and self._started:
+                self._wake_writer()
             return
         self._overflow()
 
@@ -237,13 +238,17 @@ class Connection:
         A writer exists only while something waits, so a connection that keeps
         up (or is idle) costs no task.
         """
-        ws, backlog = self.ws, self.backlog
+        ws, outbox, backlog = self.ws, self.outbox, self.backlog
         try:
-            while (frame := self._next_frame()) is not None:
+            while True:
+                paced = bool(backlog)
+                frame = self._backlog_frame() if paced else outbox.take()
+                if frame is None:
+                    break
                 await ws.send_frame(frame, WSMsgType.TEXT)  # waits while the peer's buffer is full
                 self.frames_sent += 1
                 self.bytes_sent += len(frame)
-                if backlog:
+                if paced:
                     await asyncio.sleep(0)  # a replay is encoded a chunk at a time: let the loop run between
         except (ConnectionError, RuntimeError):
             pass  # the peer went away; the handler's receive loop sees the close
@@ -251,11 +256,10 @@ class Connection:
             if self._writer is asyncio.current_task():
                 self._writer = None
 
-    def _next_frame(self) -> bytes | None:
-        if self.backlog:
-            if self.close_reason is None:
-                return self.backlog.take()
-            self.backlog.clear()  # closing: the rest would never be read
+    def _backlog_frame(self) -> bytes | None:
+        if self.close_reason is None:
+            return self.backlog.take()
+        self.backlog.clear()  # closing: the rest would never be read
         return self.outbox.take()
 
     def close_soon(self, code: int, reason: str) -> None:
