@@ -76,17 +76,17 @@ async def test_the_ack_then_the_replay_then_live_messages_each_once_in_order() -
     await conn.stop()
 
 
-async def test_a_reader_behind_its_replay_is_not_closed_while_it_reads() -> None:
+async def test_a_reader_behind_its_replay_is_not_closed_while_it_reads_faster_than_live_traffic() -> None:
     peer = Peer(credits=0)
     conn = connection(peer)
     conn.replay([trade(n) for n in range(1, 201)], limit=1_000)
     seq = 200
     for _ in range(5):  # five outboxes' worth of live trades arrive while the replay is being read
+        peer.read(2)  # meanwhile the peer reads two frames, 20 messages: behind, but catching up
+        await settle()
         for _ in range(11):
             seq += 1
             conn.deliver(*live(seq))
-        peer.read()  # the peer reads one frame meanwhile: slow, but reading
-        await settle()
     assert conn.close_code is None
     peer.read(1_000)
     await settle()
@@ -94,8 +94,26 @@ async def test_a_reader_behind_its_replay_is_not_closed_while_it_reads() -> None
     await conn.stop()
 
 
-async def test_a_reader_that_stops_during_a_huge_replay_is_closed_after_two_outboxes() -> None:
+async def test_a_reader_slower_than_live_traffic_is_closed_even_behind_a_replay() -> None:
     peer = Peer(credits=0)
+    conn = connection(peer)
+    conn.replay([trade(n) for n in range(1, 201)], limit=1_000)
+    seq = 200
+    for _ in range(5):
+        peer.read(1)  # 10 messages read while 11 arrive: it would never catch up
+        await settle()
+        for _ in range(11):
+            seq += 1
+            conn.deliver(*live(seq))
+        if conn.close_code is not None:
+            break
+    assert conn.close_code == CLOSE_SLOW_CONSUMER
+    await conn.wait_closed()
+    await conn.stop()
+
+
+async def test_a_reader_that_stops_during_a_huge_replay_is_closed_after_two_outboxes() -> None:
+    peer = Peer(credits=3)  # reads three frames, then stops
     conn = connection(peer)
     conn.replay([trade(n) for n in range(1, 20_001)], limit=30_000)
     await settle()
@@ -105,7 +123,8 @@ async def test_a_reader_that_stops_during_a_huge_replay_is_closed_after_two_outb
         conn.deliver(*live(20_000 + sent))
         await settle()
     assert conn.close_code == CLOSE_SLOW_CONSUMER and conn.slow_consumer
-    assert sent == 22  # one outbox spilled behind the replay (the writer had taken a chunk), the next closed it
+    # the first outbox spilled behind the replay (the writer had taken 40 meanwhile), the next closed it
+    assert sent == 22
     await conn.wait_closed()
     await conn.stop()
     assert len(conn.backlog) == 0 and len(conn.outbox) == 0

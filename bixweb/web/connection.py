@@ -67,11 +67,13 @@ class Connection:
     held when it was added goes in ahead of it, and live messages queue in the
     outbox behind it. An outbox that overflows while the peer is still taking
     its backlog moves into the backlog too (the peer is behind only because of
-    what it asked for). Either way the backlog may grow only while it holds no
-    more than ``limit`` messages and ``outbox.max_bytes`` ready-made bytes, and
-    an outbox may spill into it only after the writer took something since the
-    last spill: a peer that stops reading is still closed with 4008, after at
-    most about two outboxes' worth of live traffic.
+    what it asked for), provided the writer took at least as many messages
+    from the backlog since it last did (or since the backlog began) as the
+    outbox holds: the peer reads faster than live traffic comes, so it will
+    catch up. Either way the backlog may grow only while it holds no more than
+    ``limit`` messages and ``outbox.max_bytes`` ready-made bytes. A peer that
+    stops reading, or reads more slowly than live traffic comes, is still
+    closed with 4008, after at most two outboxes' worth of live traffic.
     """
 
     def __init__(
@@ -93,8 +95,8 @@ class Connection:
         self.backlog = backlog if backlog is not None else Backlog(join=outbox.join)
         self.backlog_limit = outbox.max_messages
         """Messages the backlog may hold and still grow; the last :meth:`replay` or :meth:`send_paced` sets it."""
-        self._spill_mark = -1
-        """``backlog.taken`` when the outbox last spilled into the backlog."""
+        self._spill_mark = 0
+        """``backlog.taken`` when the backlog began or the outbox last spilled into it."""
         self.overflow_code = overflow_code
         """Close code for an overflowing outbox: 4008 for bots; 1013 for browsers, which htmx reconnects on."""
         self.close_timeout = close_timeout
@@ -189,6 +191,8 @@ class Connection:
         if not self.backlog.admits(max_messages=limit, max_bytes=self.outbox.max_bytes):
             self._overflow()
             return False
+        if not self.backlog:
+            self._spill_mark = self.backlog.taken
         self._move_outbox()
         return True
 
@@ -199,11 +203,11 @@ class Connection:
             self.backlog.add_frame(frame, waiting)
 
     def _spilled(self) -> bool:
-        """Move an overflowing outbox behind the backlog, if the peer is reading that backlog."""
+        """Move an overflowing outbox behind the backlog, if the peer reads that backlog faster than live traffic."""
         backlog = self.backlog
         if (
             not backlog
-            or backlog.taken == self._spill_mark
+            or backlog.taken - self._spill_mark < len(self.outbox)
             or not backlog.admits(max_messages=self.backlog_limit, max_bytes=self.outbox.max_bytes)
         ):
             return False
