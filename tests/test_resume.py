@@ -131,8 +131,10 @@ async def away_and_back(url: str, reference: Reference, away_s: float) -> dict[s
                     if m["type"] == "trade":
                         seen.setdefault(f"trades:{m['symbol']}", []).append((m["seq"], m["data"]["id"]))
 
+        def latest() -> dict[str, int]:
+            return {stream: trades[-1][0] for stream, trades in seen.items()}
+
         reader = asyncio.create_task(read())
-        latest = lambda: {s: trades[-1][0] for s, trades in seen.items() if trades}  # noqa: E731
         catch_up_s = await caught_up(latest, target, timeout=20, closed=lambda: ws.close_code)
         await asyncio.sleep(1.0)  # and live trades after the replay
         assert not reader.done(), f"the resumed bot was closed: {ws.close_code} {ws.close_reason}"
@@ -143,7 +145,8 @@ async def away_and_back(url: str, reference: Reference, away_s: float) -> dict[s
     assert not [m for m in messages if m["type"] in ("initial_data", "error")]
     count = received_in_order(seen, last, reference)
     assert set(seen) == set(last)
-    return {"away_s": away_s, "missed": sum(missed.values()), "received": count,
+    return {"away_s": away_s, "outbox": welcome["limits"]["outbox_messages"], "missed": sum(missed.values()),
+            "received": count,
             "caught_up_s": round(catch_up_s, 2), "since_resume_s": round(time.monotonic() - started, 1)}
 
 
@@ -155,8 +158,8 @@ async def test_a_bot_away_8_s_or_30_s_resumes_every_trade_at_the_default_tick_ra
                                        away_and_back(server.url, reference, 30.0))
     await reference.stop()
     print(f"\nresumed: {short}\nresumed: {long}")
-    outbox = 1_024
-    assert short["missed"] > outbox and long["missed"] > 3 * outbox  # more than the outbox could have held
+    assert short["outbox"] == 1_024  # the default
+    assert short["missed"] > short["outbox"] and long["missed"] > 3 * long["outbox"]  # more than an outbox holds
     assert b"slow_consumer" not in server.output
 
 
