@@ -12,6 +12,10 @@ the same stream replaces it (conflation), so a slow reader gets the newest
 value, never a backlog. Everything else (trades, closed candles, ``ack``,
 ``error``, ``status``, snapshots) is kept in order and bounded in messages
 and bytes; past the bound the connection is closed, never silently thinned.
+
+What a connection owes because it asked (a snapshot, the replay of a resume)
+waits in its :class:`Backlog` instead, ahead of the outbox and outside its
+bound: it is sent at the pace the peer reads, and live messages queue behind.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from bixweb import protocol
-from bixweb.market import Outgoing
+from bixweb.market import Message, Outgoing
 
 Part = tuple[str, bytes, bool]
 """``(stream, encoded message, conflate)``: one message of a frame."""
@@ -127,6 +131,91 @@ class Outbox:
         self._queue.clear()
         self._state.clear()
         self.size = 0
+
+
+class Backlog:
+    """What a connection owes ahead of its outbox: snapshots and replays, sent as fast as the peer reads.
+
+    A resume can owe tens of thousands of messages; the outbox, whose bound
+    protects live traffic from a reader that stopped, must not see them. A
+    replay is kept as references to the messages (shared with
+    ``Market.recent``, so it costs pointers, not bytes) and encoded only when
+    the writer is ready for it, at most ``chunk`` messages per frame.
+    Ready-made frames (a snapshot, what the outbox held when a backlog was
+    added) wait here as bytes. Everything comes out in the order it went in.
+
+    The backlog has no bound of its own: the connection decides what it may
+    add (see :meth:`admits`), so that a peer that reads is never refused its
+    own replay, and one that does not is.
+    """
+
+    __slots__ = ("_items", "_position", "encode", "join", "chunk", "messages", "size", "taken")
+
+    def __init__(self, *, encode: Callable[[Message], bytes] = protocol.encode, join: Join = protocol.batch_frame,
+                 chunk: int = 256) -> None:
+        self._items: deque[tuple[bytes, int] | list[Message]] = deque()
+        """Ready-made frames with their message counts, and replays."""
+        self._position = 0
+        """Messages of the first replay already taken."""
+        self.encode = encode
+        self.join = join
+        self.chunk = chunk
+        self.messages = 0
+        """Messages waiting."""
+        self.size = 0
+        """Bytes waiting in ready-made frames (replays are not encoded yet)."""
+        self.taken = 0
+        """Messages taken so far: the writer's progress."""
+
+    def __len__(self) -> int:
+        return self.messages
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def admits(self, *, max_messages: int, max_bytes: int) -> bool:
+        """Whether more may be added: not while more than the bounds of earlier backlog are still unsent."""
+        return self.messages <= max_messages and self.size <= max_bytes
+
+    def add_frame(self, frame: bytes, messages: int = 1) -> None:
+        """Owe a ready-made frame of ``messages`` messages."""
+        self._items.append((frame, messages))
+        self.messages += messages
+        self.size += len(frame)
+
+    def add(self, messages: Sequence[Message]) -> None:
+        """Owe ``messages``, to be encoded when their turn comes."""
+        if messages:
+            self._items.append(messages if isinstance(messages, list) else list(messages))
+            self.messages += len(messages)
+
+    def take(self) -> bytes | None:
+        """The next frame: a ready-made one, or the next chunk of a replay; None when nothing waits."""
+        if not self._items:
+            return None
+        head = self._items[0]
+        if isinstance(head, tuple):
+            self._items.popleft()
+            frame, count = head
+            self.size -= len(frame)
+            self._count_taken(count)
+            return frame
+        start = self._position
+        chunk = head[start:start + self.chunk]
+        self._position += len(chunk)
+        if self._position >= len(head):
+            self._items.popleft()
+            self._position = 0
+        self._count_taken(len(chunk))
+        return self.join([self.encode(message) for message in chunk])
+
+    def _count_taken(self, messages: int) -> None:
+        self.messages -= messages
+        self.taken += messages
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._position = self.messages = self.size = 0
 
 
 class Subscriber(Protocol):

@@ -25,6 +25,9 @@ chunk, so switching a fault on affects connections that are already open:
 :meth:`FaultProxy.reset`
     every open connection is aborted with a TCP RST on both sides; new
     connections are still accepted.
+:meth:`FaultProxy.cut`
+    a reset, and every new connection is reset as soon as it is accepted,
+    until :meth:`FaultProxy.resume` (a link that is down for a while).
 
 Buffering between the two sockets is bounded (``socket_buffer`` and a small
 chunk queue), so a slow or blackholed link pushes back on the sender the way
@@ -72,6 +75,7 @@ class FaultProxy:
         self.port = 0
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self._refusing = False
         self._links: set[_Link] = set()
         self._server: asyncio.Server | None = None
 
@@ -93,10 +97,16 @@ class FaultProxy:
         for link in list(self._links):
             link.abort()
 
+    def cut(self) -> None:
+        """Reset every open connection and every new one until :meth:`resume`."""
+        self._refusing = True
+        self.reset()
+
     def resume(self) -> None:
-        """Back to normal: no latency, no cap, forwarding on (held bytes go out now)."""
+        """Back to normal: no latency, no cap, forwarding on (held bytes go out now), connections taken."""
         self.latency_ms = 0.0
         self.bandwidth = None
+        self._refusing = False
         self._flowing.set()
 
     async def start(self) -> FaultProxy:
@@ -144,6 +154,9 @@ class FaultProxy:
         return max(256, min(CHUNK_BYTES, bandwidth // PACING_STEPS_PER_S))
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if self._refusing:
+            _abort(client_writer)
+            return
         loop = asyncio.get_running_loop()
         upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:

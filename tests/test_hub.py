@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from bixweb import protocol
-from bixweb.hub import Hub, Outbox, Part
+from bixweb.hub import Backlog, Hub, Outbox, Part
 from bixweb.market import Outgoing
 
 
@@ -118,3 +118,48 @@ def test_strict_hub_refuses_a_message_that_breaks_its_schema() -> None:
     bad = Outgoing("trades:BTCUSDT", {"type": "trade", "ts": 1, "epoch": 1, "symbol": "BTCUSDT", "seq": 0, "data": {}})
     with pytest.raises(ValueError, match="breaks its schema"):
         hub.publish([bad])
+
+
+def test_a_backlog_comes_out_in_order_a_chunk_of_references_at_a_time() -> None:
+    encoded: list[int] = []
+
+    def encode(message: dict[str, object]) -> bytes:
+        encoded.append(int(str(message["seq"])))
+        return b"m%d" % encoded[-1]
+
+    backlog = Backlog(encode=encode, join=join, chunk=3)
+    replay = [{"seq": n} for n in range(1, 8)]
+    backlog.add_frame(b"ack")
+    backlog.add(replay)
+    backlog.add_frame(b"held+live", messages=2)
+    assert (len(backlog), backlog.size, encoded) == (10, 3 + 9, [])  # nothing encoded up front
+    frames = []
+    while (frame := backlog.take()) is not None:
+        frames.append(frame)
+    assert frames == [b"ack", b"m1+m2+m3", b"m4+m5+m6", b"m7", b"held+live"]
+    assert encoded == list(range(1, 8))  # each message encoded once, when its turn came
+    assert (len(backlog), backlog.size, backlog.taken, bool(backlog)) == (0, 0, 10, False)
+
+
+def test_a_backlog_keeps_pointers_not_copies_and_encodes_through_the_strict_hub() -> None:
+    hub = Hub(strict=True)
+    replay = [update("trades:BTCUSDT", n).message for n in range(1, 601)]
+    backlog = Backlog(encode=hub.encode, chunk=256)
+    backlog.add(tuple(replay))
+    frames = [json.loads(f) for f in iter(backlog.take, None)]
+    assert [len(f["messages"]) for f in frames] == [256, 256, 88]
+    assert [m["seq"] for f in frames for m in f["messages"]] == list(range(1, 601))
+    backlog.add([{"type": "trade", "seq": 0}])  # strict: a message that breaks its schema is caught when encoded
+    with pytest.raises(ValueError, match="breaks its schema"):
+        backlog.take()
+
+
+def test_a_backlog_admits_more_only_within_its_bounds() -> None:
+    backlog = Backlog(join=join)
+    assert backlog.admits(max_messages=0, max_bytes=0)  # an empty one always: a first replay is never refused
+    backlog.add([{"seq": n} for n in range(5)])
+    assert backlog.admits(max_messages=5, max_bytes=0) and not backlog.admits(max_messages=4, max_bytes=0)
+    backlog.add_frame(b"x" * 10)
+    assert backlog.admits(max_messages=6, max_bytes=10) and not backlog.admits(max_messages=6, max_bytes=9)
+    backlog.clear()
+    assert (len(backlog), backlog.size, backlog.take()) == (0, 0, None)

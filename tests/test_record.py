@@ -123,7 +123,14 @@ def test_the_command_writes_gzip_for_gz_names_or_when_asked(tmp_path: Path) -> N
         return [(e.symbol, e.id, e.price, e.qty, e.side) for line in lines for e in parse_window(line).events
                 if isinstance(e, Trade)]
 
-    assert trades("a.jsonl.gz") == trades("b.jsonl") == trades("c.jsonl") != []  # same seed, same market
+    def market(name: str) -> list[tuple[object, ...]]:  # ids count from where each run started
+        first = trades(name)[0][1]
+        assert isinstance(first, int)
+        return [(symbol, int(str(i)) - first, *rest) for symbol, i, *rest in trades(name)]
+
+    assert market("a.jsonl.gz") == market("b.jsonl") == market("c.jsonl") != []  # same seed, same market
+    runs = [[int(str(t[1])) for t in trades(name)] for name in ("a.jsonl.gz", "b.jsonl", "c.jsonl")]
+    assert max(runs[0]) < min(runs[1]) and max(runs[1]) < min(runs[2])  # and no trade id twice
     header = parse_header(read_plain_or_gzip(tmp_path / "c.jsonl").split(b"\n")[0])
     assert header.feed == "simulated://" and header.symbols == ("BTCUSDT",)
 

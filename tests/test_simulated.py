@@ -9,7 +9,16 @@ from typing import TypeVar
 import pytest
 
 from bixweb.errors import ConfigError
-from bixweb.feeds.simulated import CATALOG, DEFAULT_SYMBOLS, SimulatedFeed, SimulatedMarket
+from bixweb.feeds import Feed, open_feed
+from bixweb.feeds.simulated import (
+    CATALOG,
+    DEFAULT_SYMBOLS,
+    TRADE_IDS_PER_MS,
+    SimulatedFeed,
+    SimulatedMarket,
+    now_ms,
+    trade_id_base,
+)
 from bixweb.model import Book, History, MarketEvent, Trade
 
 T0 = 1_764_160_000_000
@@ -115,3 +124,39 @@ async def islice_async(source: AsyncIterator[T], count: int) -> AsyncIterator[T]
         if n == count:
             return
 
+
+
+def trade_ids(market: SimulatedMarket, ticks: int = 300) -> dict[str, list[int]]:
+    ids: dict[str, list[int]] = {}
+    for n in range(ticks):
+        for event in market.tick(T0 + n * 100):
+            if isinstance(event, Trade):
+                ids.setdefault(event.symbol, []).append(event.id)
+    return ids
+
+
+def test_a_restart_with_the_same_seed_repeats_the_market_but_no_trade_id() -> None:
+    first = SimulatedMarket(DEFAULT_SYMBOLS, seed=9, id_base=trade_id_base(T0))
+    first_ids = trade_ids(first)
+    # the next run starts when the first has lived its 30 s (300 ticks of 100 ms)
+    again = SimulatedMarket(DEFAULT_SYMBOLS, seed=9, id_base=trade_id_base(T0 + 30_000))
+    again_ids = trade_ids(again)
+    for symbol, ids in first_ids.items():
+        assert ids == list(range(ids[0], ids[0] + len(ids)))  # still increasing by one per trade
+        assert max(ids) < min(again_ids[symbol]), symbol
+    same = SimulatedMarket(DEFAULT_SYMBOLS, seed=9, id_base=trade_id_base(T0))
+    assert trade_ids(same) == first_ids  # deterministic for a seed and a start
+
+
+async def test_the_served_feed_numbers_trades_from_its_start_time() -> None:
+    def first_trade_id(feed: Feed) -> int:
+        assert isinstance(feed, SimulatedFeed)
+        return trade_ids(feed.market, 20)["BTCUSDT"][0]
+
+    options = {"symbols": ["BTCUSDT"], "seed": 9, "tick_rate": 10.0, "book_depth": 5}
+    before = trade_id_base(now_ms())
+    first = first_trade_id(open_feed("simulated://", **options))
+    await asyncio.sleep(0.01)
+    second = first_trade_id(open_feed("simulated://", **options))
+    assert before < first < trade_id_base(now_ms()) + 2_000_000
+    assert second - first >= 10 * TRADE_IDS_PER_MS  # 10 ms later: 10,000 ids above

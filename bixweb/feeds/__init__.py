@@ -26,7 +26,7 @@ from bixweb.errors import ConfigError
 from bixweb.feeds.binance import open_binance
 from bixweb.feeds.exchange import UpstreamStatus
 from bixweb.feeds.replay import open_replay
-from bixweb.feeds.simulated import SimulatedFeed, SimulatedMarket
+from bixweb.feeds.simulated import SimulatedFeed, SimulatedMarket, now_ms, trade_id_base
 from bixweb.feeds.urls import speed_option, url_options
 from bixweb.model import MarketEvent
 
@@ -54,7 +54,8 @@ def open_feed(url: str, *, symbols: Sequence[str], seed: int, tick_rate: float, 
     scheme = urlsplit(url).scheme
     if scheme == "simulated":
         speed = speed_option(url_options(url, {"speed"}).get("speed", "1"))
-        market = SimulatedMarket(symbols, seed=seed, tick_rate=tick_rate, book_depth=book_depth)
+        market = SimulatedMarket(symbols, seed=seed, tick_rate=tick_rate, book_depth=book_depth,
+                                 id_base=trade_id_base(now_ms()))  # a restart repeats no trade id
         return SimulatedFeed(market, tick_rate, speed=speed)
     if scheme == "binance":
         return open_binance(url, symbols=symbols, book_depth=book_depth)

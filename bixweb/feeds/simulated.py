@@ -94,6 +94,11 @@ class SimulatedMarket:
     Each :meth:`tick` moves every symbol by one step of a random walk
     (scaled to ``1 / tick_rate`` seconds), prints zero to three trades at
     and around the new price and publishes a fresh top-of-book.
+
+    Trade ids count up per symbol from ``id_base`` plus a seeded offset
+    below 2,000,000. A run that must not repeat an earlier run's ids (the
+    same seed gives the same offsets) takes :func:`trade_id_base` of its
+    start time.
     """
 
     def __init__(
@@ -103,12 +108,13 @@ class SimulatedMarket:
         seed: int = 42,
         tick_rate: float = 10.0,
         book_depth: int = 10,
+        id_base: int = 0,
     ) -> None:
         self._rng = random.Random(seed)
         self._step = 1.0 / tick_rate
         self._book_depth = book_depth
         self._walks = [
-            _Walk(i, i.price, 1_000_000 + self._rng.randrange(1_000_000)) for i in instruments(symbols)
+            _Walk(i, i.price, id_base + 1_000_000 + self._rng.randrange(1_000_000)) for i in instruments(symbols)
         ]
 
     @property
@@ -188,6 +194,21 @@ class SimulatedMarket:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+TRADE_IDS_PER_MS = 1_000
+
+
+def trade_id_base(start_ms: int) -> int:
+    """Where a run started at ``start_ms`` numbers its trades: above every earlier run's ids.
+
+    A run that started ``d`` ms before this one had room for ``1,000 * d``
+    ids per symbol, more than it can print in those ``d`` ms (at most three
+    trades per symbol per tick), so a bot that deduplicates by trade id
+    never takes a new run's trade for an old one. The ids stay below 2**53
+    (exact in JavaScript) until the year 2255.
+    """
+    return start_ms * TRADE_IDS_PER_MS
 
 
 class SimulatedFeed:

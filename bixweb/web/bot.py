@@ -14,7 +14,7 @@ from bixweb import __version__, protocol
 from bixweb.access import presented_token
 from bixweb.desk import Desk, DeskView
 from bixweb.errors import ProtocolError
-from bixweb.hub import Outbox
+from bixweb.hub import Backlog, Outbox
 from bixweb.limits import InboundLimiter
 from bixweb.logs import event
 from bixweb.model import CHANNELS, TICKER, stream_key
@@ -62,6 +62,21 @@ class BotSession:
     def send(self, message: protocol.Message) -> None:
         self.conn.send(self.service.hub.encode(message))
 
+    def send_snapshot(self, message: protocol.Message) -> None:
+        """An ``initial_data``: ahead of live traffic, at the pace the bot reads (it may be large)."""
+        self.conn.send_paced(self.service.hub.encode(message), limit=self.backlog_limit())
+
+    def backlog_limit(self) -> int:
+        """Messages of earlier snapshots and replays a bot may leave unread and still be sent more.
+
+        One replay of its whole subscription (``replay_depth`` per stream) and
+        an outbox's worth on top: a bot that resumes in several requests
+        without waiting for the answers stays within it; one that asks again
+        and again without reading does not.
+        """
+        settings = self.service.settings
+        return settings.outbox_messages + settings.replay_depth * len(self.streams)
+
     def _subscribe(self, streams: list[tuple[str, str]]) -> list[tuple[str, str]]:
         added = [s for s in streams if s not in self.streams]
         self.streams.update(added)
@@ -100,7 +115,7 @@ class BotSession:
     def start(self) -> None:
         """Queue the snapshot of the initial subscription."""
         if self.streams:
-            self.send(self.service.market.snapshot(sorted(self.streams), now_ms()))
+            self.send_snapshot(self.service.market.snapshot(sorted(self.streams), now_ms()))
 
     def receive(self, frame: str | bytes) -> None:
         """Handle one client frame; every refusal becomes an ``error`` message."""
@@ -148,15 +163,14 @@ class BotSession:
             if request.since is None:
                 self._ack("subscribe", symbols, channels, request.id)
                 if added:
-                    self.send(market.snapshot(sorted(added), now_ms()))
+                    self.send_snapshot(market.snapshot(sorted(added), now_ms()))
                 return
             missed = market.replay(request.since, streams)
             self._ack("subscribe", symbols, channels, request.id, recovered=missed is not None)
             if missed is None:
-                self.send(market.snapshot(sorted(streams), now_ms(), recovered=False))
+                self.send_snapshot(market.snapshot(sorted(streams), now_ms(), recovered=False))
                 return
-            for message in missed:
-                self.send(message)
+            self.conn.replay(missed, limit=self.backlog_limit())  # encoded as the bot reads: no spike, no copy
         else:
             self.streams.difference_update(streams)
             self._listen()
@@ -251,6 +265,7 @@ async def _serve(request: web.Request, service: Service) -> web.StreamResponse:
     conn = Connection(
         ws, request, kind="bot",
         outbox=Outbox(max_messages=settings.outbox_messages, max_bytes=settings.outbox_bytes),
+        backlog=Backlog(encode=service.hub.encode),
     )
     service.opened(conn)
     session = BotSession(service, conn, streams, owner=bot_owner(request, service))

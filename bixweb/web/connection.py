@@ -12,8 +12,9 @@ from collections.abc import Sequence
 
 from aiohttp import WSMsgType, web
 
-from bixweb.hub import Outbox, Part
+from bixweb.hub import Backlog, Outbox, Part
 from bixweb.logs import event
+from bixweb.market import Message
 
 log = logging.getLogger("bixweb.connection")
 
@@ -59,6 +60,20 @@ class Connection:
     overflows the connection closes itself with :data:`CLOSE_SLOW_CONSUMER`
     in a task of its own, giving the close handshake ``close_timeout``
     seconds before the transport is aborted.
+
+    What the peer asked for (a snapshot, a resume's replay) goes into the
+    :class:`~bixweb.hub.Backlog` instead (:meth:`send_paced`, :meth:`replay`),
+    which the writer empties first, as fast as the peer reads; what the outbox
+    held when it was added goes in ahead of it, and live messages queue in the
+    outbox behind it. An outbox that overflows while the peer is still taking
+    its backlog moves into the backlog too (the peer is behind only because of
+    what it asked for), provided the writer took at least as many messages
+    from the backlog since it last did (or since the backlog began) as the
+    outbox holds: the peer reads faster than live traffic comes, so it will
+    catch up. Either way the backlog may grow only while it holds no more than
+    ``limit`` messages and ``outbox.max_bytes`` ready-made bytes. A peer that
+    stops reading, or reads more slowly than live traffic comes, is still
+    closed with 4008, after at most two outboxes' worth of live traffic.
     """
 
     def __init__(
@@ -68,6 +83,7 @@ class Connection:
         *,
         kind: str,
         outbox: Outbox,
+        backlog: Backlog | None = None,
         overflow_code: int = CLOSE_SLOW_CONSUMER,
         close_timeout: float = 2.0,
     ) -> None:
@@ -76,6 +92,11 @@ class Connection:
         self.kind = kind
         self.session = secrets.token_hex(6)
         self.outbox = outbox
+        self.backlog = backlog if backlog is not None else Backlog(join=outbox.join)
+        self.backlog_limit = outbox.max_messages
+        """Messages the backlog may hold and still grow; the last :meth:`replay` or :meth:`send_paced` sets it."""
+        self._spill_mark = 0
+        """``backlog.taken`` when the backlog began or the outbox last spilled into it."""
         self.overflow_code = overflow_code
         """Close code for an overflowing outbox: 4008 for bots; 1013 for browsers, which htmx reconnects on."""
         self.close_timeout = close_timeout
@@ -110,7 +131,7 @@ class Connection:
         """
         self._started = True
         self._transport = None if self.ws.compress else self.request.transport
-        if self.outbox:
+        if self.outbox or self.backlog:
             self._wake_writer()
 
     def deliver(self, frame: bytes, parts: Sequence[Part]) -> None:
@@ -144,36 +165,106 @@ class Connection:
             self.messages_sent += 1
             self._queued(self.outbox.put(data))
 
+    def send_paced(self, data: bytes, *, limit: int) -> None:
+        """Queue one message that must arrive and may be large (a snapshot) ahead of live traffic.
+
+        It is not held to the outbox's bound: see the class docstring for the
+        one it is held to (``limit`` messages of earlier backlog).
+        """
+        if self._make_room(limit):
+            self.messages_sent += 1
+            self.backlog.add_frame(data)
+            self._ensure_writer()
+
+    def replay(self, messages: Sequence[Message], *, limit: int) -> None:
+        """Queue a resume's replay ahead of live traffic, encoded as the peer reads it."""
+        if messages and self._make_room(limit):
+            self.messages_sent += len(messages)
+            self.backlog.add(messages)
+            self._ensure_writer()
+
+    def _make_room(self, limit: int) -> bool:
+        """Admit more backlog, moving the outbox ahead of it; close the peer (False) if it is not reading."""
+        if self.close_reason is not None:
+            return False
+        self.backlog_limit = limit
+        if not self.backlog.admits(max_messages=limit, max_bytes=self.outbox.max_bytes):
+            self._overflow()
+            return False
+        if not self.backlog:
+            self._spill_mark = self.backlog.taken
+        self._move_outbox()
+        return True
+
+    def _move_outbox(self) -> None:
+        waiting = len(self.outbox)
+        frame = self.outbox.take()
+        if frame is not None:
+            self.backlog.add_frame(frame, waiting)
+
+    def _spilled(self) -> bool:
+        """Move an overflowing outbox behind the backlog, if the peer reads that backlog faster than live traffic."""
+        backlog = self.backlog
+        if (
+            not backlog
+            or backlog.taken - self._spill_mark < len(self.outbox)
+            or not backlog.admits(max_messages=self.backlog_limit, max_bytes=self.outbox.max_bytes)
+        ):
+            return False
+        self._spill_mark = backlog.taken
+        self._move_outbox()
+        return True
+
     def _queued(self, within_bounds: bool) -> None:
-        if within_bounds:
+        if within_bounds or self._spilled():
             if self._writer is None and self._started:
                 self._wake_writer()
             return
+        self._overflow()
+
+    def _overflow(self) -> None:
         event(log, logging.WARNING, "slow_consumer", kind=self.kind, session=self.session, peer=self.peer,
-              queued=len(self.outbox), queued_bytes=self.outbox.size)
+              queued=len(self.outbox), queued_bytes=self.outbox.size, backlog=len(self.backlog),
+              backlog_bytes=self.backlog.size)
         self.slow_consumer = True
         self.close_soon(self.overflow_code, "slow consumer")
+
+    def _ensure_writer(self) -> None:
+        if self._writer is None and self._started:
+            self._wake_writer()
 
     def _wake_writer(self) -> None:
         self._writer = asyncio.create_task(self._write(), name=f"writer-{self.session}")
 
     async def _write(self) -> None:
-        """Send what the outbox holds as fast as the peer takes it, then end.
+        """Send the backlog, then what the outbox holds, as fast as the peer takes it; then end.
 
         A writer exists only while something waits, so a connection that keeps
         up (or is idle) costs no task.
         """
-        ws, outbox = self.ws, self.outbox
+        ws, outbox, backlog = self.ws, self.outbox, self.backlog
         try:
-            while (frame := outbox.take()) is not None:
+            while True:
+                paced = bool(backlog)
+                frame = self._backlog_frame() if paced else outbox.take()
+                if frame is None:
+                    break
                 await ws.send_frame(frame, WSMsgType.TEXT)  # waits while the peer's buffer is full
                 self.frames_sent += 1
                 self.bytes_sent += len(frame)
+                if paced:
+                    await asyncio.sleep(0)  # a replay is encoded a chunk at a time: let the loop run between
         except (ConnectionError, RuntimeError):
             pass  # the peer went away; the handler's receive loop sees the close
         finally:
             if self._writer is asyncio.current_task():
                 self._writer = None
+
+    def _backlog_frame(self) -> bytes | None:
+        if self.close_reason is None:
+            return self.backlog.take()
+        self.backlog.clear()  # closing: the rest would never be read
+        return self.outbox.take()
 
     def close_soon(self, code: int, reason: str) -> None:
         """Start closing with ``code``; returns at once."""
@@ -215,6 +306,7 @@ class Connection:
         """Stop the writer (after the socket has closed) and wait for a pending close."""
         if self._writer is not None:
             self._writer.cancel()
+        self.backlog.clear()
         if self._closer is not None and self._closer is not asyncio.current_task():
             await asyncio.gather(self._closer, return_exceptions=True)
 
