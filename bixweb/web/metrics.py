@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from bixweb import __version__
+from bixweb.web import gate
 from bixweb.web.service import SERVICE, Service, now_ms
 
 KINDS = ("bot", "ui")
@@ -105,6 +106,10 @@ REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text; to loopback clients or with a token (:func:`gate.metrics_access`)."""
+    refused = gate.metrics_access(request, request.app[SERVICE])
+    if refused is not None:
+        return refused
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
