@@ -44,6 +44,7 @@ async def test_metrics_parse_and_their_counters_move_with_traffic(aiohttp_client
     during = await scrape(client)
     assert during[("bixweb_connections", (("kind", "bot"),))] == 1
     assert during[("bixweb_connections", (("kind", "ui"),))] == 1
+    assert during[("bixweb_tcp_connections", ())] == 3  # the two sockets and the scrape's own connection
     for name in ("bixweb_messages_sent_total", "bixweb_sent_bytes_total", "bixweb_frames_sent_total"):
         assert during[(name, (("kind", "bot"),))] > before[(name, (("kind", "bot"),))], name
         assert during[(name, (("kind", "ui"),))] > 0, name
