@@ -6,7 +6,9 @@ counted at once in the service's :class:`~bixweb.limits.ConnectionLimits`,
 under its peer address, and released when it closes: a socket that later
 upgrades to a WebSocket is still that one count. A new connection has
 ``--header-timeout`` seconds to send its first complete request head, an
-idle one ``--keepalive-timeout`` seconds between requests; both ride on
+idle one ``--keepalive-timeout`` seconds between requests (a later head
+must be complete within that too: aiohttp cannot tell idle from a slow
+head, and watching every read would cost the sockets); both ride on
 aiohttp's own per-connection idle timer, which aiohttp cancels when a
 WebSocket is prepared, so upgraded sockets (kept alive by heartbeats) are
 never cut by either.
