@@ -36,11 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-LISTEN_BACKLOG = 4096
-"""Handshakes the kernel may hold while the server accepts; aiohttp's default of 128 drops bursts."""
-
-
 WANTED_OPEN_FILES = 65_536
+FILES_KEPT = 64
+"""Descriptors never given to connections: the store, the broker, logs, static files, the spare."""
 
 
 def raise_open_files_limit() -> None:
@@ -56,33 +54,55 @@ def raise_open_files_limit() -> None:
     log.debug("open files limit %d", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 
 
+def connections_allowed(configured: int, open_files: int) -> int:
+    """``--max-connections``, lowered so that connections, refused ones awaiting their answer and
+    the accepts in flight (not yet counted or turned away) leave the server :data:`FILES_KEPT`
+    descriptors of its own: a full server refuses, it does not run dry."""
+    from bixweb.web.listen import ACCEPTED_IN_FLIGHT
+    from bixweb.web.tcp import REFUSED_WAITING
+
+    room = max(1, open_files - FILES_KEPT - REFUSED_WAITING - ACCEPTED_IN_FLIGHT)
+    return min(configured, room) if configured else room
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully."""
     from bixweb.web.app import create_app
-    from bixweb.web.gate import AccessLog
+    from bixweb.web.listen import ACCEPT_BATCH, AcceptGuard, deepen_backlog
     from bixweb.web.service import SERVICE
 
     app = create_app(settings)
     raise_open_files_limit()
+    limits = app[SERVICE].limits
+    open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limits.total = connections_allowed(limits.total, open_files)
+    if limits.total != settings.max_connections:
+        log.warning("at most %d connections: the open files limit is %d (--max-connections %d)",
+                    limits.total, open_files, settings.max_connections)
     # the closing handshakes get half the bound (close_sockets), the handlers' ends the rest
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout / 2,
-                           access_log_class=AccessLog)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout / 2)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
+    loop = asyncio.get_running_loop()
+    # asyncio's accept loop runs `backlog` times per wakeup: start with a short one, then deepen the
+    # kernel's queue (bixweb.web.listen explains)
+    site = web.TCPSite(runner, settings.host, settings.port, backlog=ACCEPT_BATCH)
     await site.start()
     server = site._server  # the only way to learn which port 0 chose
-    for sock in getattr(server, "sockets", ()):
+    sockets = list(getattr(server, "sockets", ()))
+    guard = AcceptGuard(loop, deepen_backlog(sockets))
+    guard.install()
+    for sock in sockets:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         log.info("bixweb %s listening on http://%s:%d/ (bots: ws://%s:%d/ws)", __version__, shown, port, shown, port)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("shutting down: no new connections; closing sockets (at most %g s)", settings.shutdown_timeout)
     app[SERVICE].shutting_down = True  # /healthz says so to whoever still asks
     started = loop.time()
+    guard.close()  # its duplicates would keep the port open
     await runner.cleanup()  # stops listening, closes every socket with 1012, then stops the feed
     log.info("stopped in %.2f s", loop.time() - started)
 

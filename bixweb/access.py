@@ -71,7 +71,10 @@ def local_host(host: str, allowed: tuple[str, ...] = ()) -> bool:
     """Is ``host`` (a ``Host`` header) a name only this machine answers to: an IP address,
     ``localhost``, or the host of an allowed origin? A DNS name that happens to point
     at 127.0.0.1 is not: that is how DNS rebinding reaches a local server."""
-    name = urlsplit("//" + host).hostname or ""
+    try:
+        name = urlsplit("//" + host).hostname or ""
+    except ValueError:  # "[::1", a bracket without its pair: no name at all
+        return False
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
@@ -94,7 +97,10 @@ def origin_allowed(origin: str | None, host: str, allowed: tuple[str, ...]) -> b
     origin = origin.strip().rstrip("/").lower()
     if allowed:
         return origin in allowed
-    return urlsplit(origin).netloc == host.lower()
+    try:
+        return urlsplit(origin).netloc == host.lower()
+    except ValueError:  # not a URL at all
+        return False
 
 
 def presented_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
@@ -119,8 +125,12 @@ class Tokens:
         return len(self._tokens)
 
     def accepts(self, presented: str | None) -> bool:
-        """Every configured token is compared, so the time taken tells nothing."""
-        candidate = (presented or "").encode()
+        """Every configured token is compared, so the time taken tells nothing.
+
+        A header that is not UTF-8 reaches us with surrogates in it; they are
+        encoded as they are (and match no configured token) instead of failing.
+        """
+        candidate = (presented or "").encode("utf-8", "surrogatepass")
         matched = False
         for token in self._tokens:
             matched |= hmac.compare_digest(candidate, token)

@@ -56,6 +56,10 @@ class Settings:
     open_bots: bool = False
     max_connections: int = 10_000
     max_connections_per_client: int = 100
+    header_timeout: float = 10.0
+    """Seconds a new connection has to send its first complete request head."""
+    keepalive_timeout: float = 75.0
+    """Seconds an HTTP connection may sit idle between requests (above nginx's upstream 60 s)."""
     bot_compression: bool = False
     ui_compression: bool = False
     shutdown_timeout: float = 5.0
@@ -185,10 +189,15 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "token_file": (str, "file of bearer tokens for the bot socket, one per line (# comments allowed)"),
     "open_bots": (_flag, "serve the bot socket to any address without a token (default: loopback only "
                          "unless tokens are configured)"),
-    "max_connections": (_at_least_zero, "open sockets in total; more are refused with HTTP 503 (0: no limit)"),
+    "max_connections": (_at_least_zero, "open connections in total (HTTP and WebSocket); more are refused with "
+                                        "HTTP 503 (0: no limit; never more than the open-files limit allows)"),
     "max_connections_per_client": (
-        _at_least_zero, "open sockets per client address; more are refused with HTTP 429 (0: no limit)"
+        _at_least_zero, "open connections per client address; more are refused with HTTP 429 (0: no limit)"
     ),
+    "header_timeout": (_positive(float), "seconds a new connection has to send a complete request head "
+                                         "before it is closed (slow or silent clients)"),
+    "keepalive_timeout": (_positive(float), "seconds an HTTP connection may stay idle between requests "
+                                            "(keep it above a proxy's upstream keep-alive)"),
     "bot_compression": (_flag, "offer permessage-deflate on the bot socket (costs CPU per client)"),
     "ui_compression": (_flag, "offer permessage-deflate on the dashboard socket (see docs/deployment.md: BREACH)"),
     "shutdown_timeout": (_positive(float), "seconds a SIGTERM/SIGINT shutdown may take before sockets are dropped"),

@@ -48,11 +48,13 @@ class InboundLimiter:
 
 
 class ConnectionLimits:
-    """Open sockets per client address and in total.
+    """Open TCP connections per client address and in total, one count per connection.
 
     :meth:`admit` answers ``None`` (counted in: call :meth:`release` when the
-    socket ends), ``"client"`` (that address has its share) or ``"total"``
-    (the server is full). A limit of 0 is no limit.
+    connection ends), ``"client"`` (that address has its share) or ``"total"``
+    (the server is full). A limit of 0 is no limit. A trusted proxy's
+    connection is ``shared``: it counts in the total only, and :meth:`move`
+    hands it to the client of each request it carries, and back.
     """
 
     __slots__ = ("per_client", "total", "open", "_by_client")
@@ -63,15 +65,28 @@ class ConnectionLimits:
         self.open = 0
         self._by_client: dict[str, int] = {}
 
-    def admit(self, client: str) -> Literal["client", "total"] | None:
+    def admit(self, client: str, *, shared: bool = False) -> Literal["client", "total"] | None:
         if self.total and self.open >= self.total:
             return "total"
-        held = self._by_client.get(client, 0)
-        if self.per_client and held >= self.per_client:
+        if not shared and self._full(client):
             return "client"
         self.open += 1
-        self._by_client[client] = held + 1
+        self._by_client[client] = self._by_client.get(client, 0) + 1
         return None
+
+    def move(self, held: str, client: str, *, shared: bool = False) -> Literal["client"] | None:
+        """Count a connection held by ``held`` for ``client`` instead; refused, it stays with ``held``."""
+        if held == client:
+            return None
+        if not shared and self._full(client):
+            return "client"
+        self.release(held)
+        self.open += 1
+        self._by_client[client] = self._by_client.get(client, 0) + 1
+        return None
+
+    def _full(self, client: str) -> bool:
+        return bool(self.per_client) and self._by_client.get(client, 0) >= self.per_client
 
     def release(self, client: str) -> None:
         held = self._by_client.get(client, 0)
@@ -85,3 +100,36 @@ class ConnectionLimits:
 
     def held_by(self, client: str) -> int:
         return self._by_client.get(client, 0)
+
+
+class LogThrottle:
+    """At most one log line per ``interval`` for a kind of event that can come by the thousand.
+
+    :meth:`note` counts one event and answers how many to report now (this one
+    and those held back since the last line), or ``None`` within the interval;
+    :meth:`flush` reports what was held back when the interval is over.
+    """
+
+    __slots__ = ("interval", "held", "_quiet_until")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.held = 0
+        self._quiet_until = float("-inf")
+
+    def note(self, now: float) -> int | None:
+        self.held += 1
+        if now < self._quiet_until:
+            return None
+        return self.flush(now)
+
+    def flush(self, now: float) -> int | None:
+        held, self.held = self.held, 0
+        if not held:
+            return None
+        self._quiet_until = now + self.interval
+        return held
+
+    @property
+    def quiet_until(self) -> float:
+        return self._quiet_until

@@ -24,8 +24,8 @@ def server_process() -> Iterator[Callable[..., ServerProcess]]:
     """Start real server processes; every one is stopped after the test."""
     started: list[ServerProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        server = ServerProcess(*args, env=env).start()
+    def start(*args: str, env: dict[str, str] | None = None, open_files: int | None = None) -> ServerProcess:
+        server = ServerProcess(*args, env=env, open_files=open_files).start()
         started.append(server)
         return server
 

@@ -56,7 +56,9 @@ def free_port() -> int:
 class ServerProcess:
     """``python -m bixweb`` in a child process, on a port it reports."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, open_files: int | None = None) -> None:
+        self.open_files = open_files
+        """A lower RLIMIT_NOFILE for the child, soft and hard alike (so bixweb cannot raise it)."""
         self.args = ["--port", "0", *args] if "--port" not in args else list(args)
         if "--data-dir" not in self.args:  # a store of its own, not the checkout's data/
             self.args += ["--data-dir", tempfile.mkdtemp(prefix="bixweb-test-")]
@@ -70,6 +72,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bixweb", *self.args],
             cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            preexec_fn=self._limit_files if self.open_files is not None else None,
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
@@ -87,6 +90,12 @@ class ServerProcess:
                 return self
         self.stop()
         raise RuntimeError(f"bixweb did not start: {self.output.decode(errors='replace')}")
+
+    def _limit_files(self) -> None:
+        import resource
+
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
 
     def _read_rest(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None

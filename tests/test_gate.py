@@ -102,7 +102,8 @@ async def test_forwarded_headers_count_only_from_a_trusted_proxy(aiohttp_client:
     html = await (await client.get("/", headers={"X-Forwarded-Proto": "https"})).text()
     assert 'hx-ws:connect="/ws/ui?page=' in html
     trusting = await make_client(aiohttp_client, trusted_proxies=("127.0.0.0/8",))
-    html = await (await trusting.get("/", headers={"X-Forwarded-Proto": "https", "Host": "example.com"})).text()
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9", "Host": "example.com"}
+    html = await (await trusting.get("/", headers=proxied)).text()
     assert re.search(r'hx-ws:connect="wss://example\.com/ws/ui\?page=[\w-]+"', html)
 
 

@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,7 +31,7 @@ async def scrape(client: TestClient[Any, Any]) -> Samples:
 
 
 async def test_metrics_parse_and_their_counters_move_with_traffic(aiohttp_client: Factory) -> None:
-    client: TestClient[Any, Any] = await aiohttp_client(create_app(fast_settings(max_connections=3)))
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(fast_settings(max_connections=4)))
     before = await scrape(client)
     assert before[("bixweb_connections", (("kind", "bot"),))] == 0
     assert before[("bixweb_feed_state", (("state", "live"),))] in (0.0, 1.0)
@@ -43,6 +44,7 @@ async def test_metrics_parse_and_their_counters_move_with_traffic(aiohttp_client
     during = await scrape(client)
     assert during[("bixweb_connections", (("kind", "bot"),))] == 1
     assert during[("bixweb_connections", (("kind", "ui"),))] == 1
+    assert during[("bixweb_tcp_connections", ())] == 3  # the two sockets and the scrape's own connection
     for name in ("bixweb_messages_sent_total", "bixweb_sent_bytes_total", "bixweb_frames_sent_total"):
         assert during[(name, (("kind", "bot"),))] > before[(name, (("kind", "bot"),))], name
         assert during[(name, (("kind", "ui"),))] > 0, name
@@ -54,8 +56,10 @@ async def test_metrics_parse_and_their_counters_move_with_traffic(aiohttp_client
     await ui.close()
     await asyncio.sleep(0.1)
     extra = [await client.ws_connect("/ws?channels=none") for _ in range(3)]
-    refused = await client.get("/ws", headers={"Connection": "Upgrade", "Upgrade": "websocket"})
-    assert refused.status == 503
+    await scrape(client)  # the fourth connection, kept alive for the scrape below
+    async with aiohttp.ClientSession() as stranger:  # a fifth: no room (every connection counts)
+        refused = await stranger.get(client.make_url("/ws"), headers={"Connection": "Upgrade", "Upgrade": "websocket"})
+        assert refused.status == 503
     after = await scrape(client)
     assert after[("bixweb_connections", (("kind", "bot"),))] == 3
     assert after[("bixweb_connections_opened_total", (("kind", "bot"),))] == 4

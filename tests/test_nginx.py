@@ -196,6 +196,44 @@ async def test_metrics_from_loopback_only_and_healthz_for_all(server_process: St
             assert response.status == 200
 
 
+NGINX_CONNECTIONS_PER_CLIENT = 64
+"""``limit_conn bixweb_conn 64`` in the template."""
+
+
+async def test_nginx_turns_away_a_client_holding_too_many_sockets_and_one_asking_too_fast(
+    server_process: Start, nginx_proxy: Proxy
+) -> None:
+    """bixweb's own per-client limit is off here, so the 429s come from nginx (HTML, not bixweb's JSON)."""
+    server = server_process(*BEHIND_NGINX, "--max-connections-per-client", "0")
+    nginx = nginx_proxy(server.port)
+    async with aiohttp.ClientSession() as session:
+        sockets = []
+        try:
+            for _ in range(NGINX_CONNECTIONS_PER_CLIENT):
+                ws = await session.ws_connect(nginx.wss_url + "?channels=none", ssl=nginx.ssl_context)
+                assert json.loads((await ws.receive(timeout=5)).data)["type"] == "welcome"
+                sockets.append(ws)
+                await asyncio.sleep(1 / 15)  # below limit_req's 20 requests a second
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await session.ws_connect(nginx.wss_url + "?channels=none", ssl=nginx.ssl_context)
+            assert refused.value.status == 429
+            await sockets.pop().close()
+            await asyncio.sleep(0.2)
+            sockets.append(await session.ws_connect(nginx.wss_url + "?channels=none", ssl=nginx.ssl_context))
+        finally:
+            for ws in sockets:
+                await ws.close()
+        await asyncio.sleep(3)  # limit_req's bucket refills
+
+        async def probe() -> int:
+            async with session.get(nginx.https_url + "healthz", ssl=nginx.ssl_context) as response:
+                return response.status
+
+        statuses = await asyncio.gather(*(probe() for _ in range(80)))
+        assert statuses.count(200) >= 20 and statuses.count(429) >= 10, statuses  # a burst of 40, then refused
+        assert set(statuses) <= {200, 429}
+
+
 def deploy_section() -> str:
     readme = (ROOT / "README.md").read_text()
     match = re.search(r"^## Deploy behind nginx\n(.*?)(?=^## |\Z)", readme, re.MULTILINE | re.DOTALL)

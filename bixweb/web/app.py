@@ -37,6 +37,7 @@ from bixweb.web import gate, metrics, pages
 from bixweb.web.bot import bot_socket
 from bixweb.web.connection import CLOSE_RESTART
 from bixweb.web.service import SERVICE, Service, now_ms
+from bixweb.web.tcp import count_connections
 from bixweb.web.ui import current_status, dashboard_page, ui_socket
 
 UI_STATUS_INTERVAL = 1.0
@@ -264,7 +265,11 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
         desk=desk,
     )
     announce_access(settings, tokens)
-    app = web.Application(middlewares=[gate.trust_forwarded(service)] if settings.trusted_proxies else [])
+    # handler_args reach every runner's connections, the tests' too
+    app = web.Application(middlewares=[gate.guard(service)],
+                          handler_args={"keepalive_timeout": settings.keepalive_timeout,
+                                        "access_log_class": gate.AccessLog})
+    count_connections(app, service)
     app[SERVICE] = service
     if feed is not None:
         owned = feed

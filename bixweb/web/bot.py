@@ -238,13 +238,10 @@ def bot_owner(request: web.Request, service: Service) -> str:
 
 async def bot_socket(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
-    refused = gate.bot_access(request, service) or gate.admit(request, service, "bot")
+    refused = gate.bot_access(request, service)  # room: counted with its connection (bixweb.web.tcp)
     if refused is not None:
         return refused
-    try:
-        return await _serve(request, service)
-    finally:
-        gate.release(request, service)
+    return await _serve(request, service)
 
 
 async def _serve(request: web.Request, service: Service) -> web.StreamResponse:

@@ -1,20 +1,26 @@
-"""Before the upgrade: who the client is, whether it may connect, and whether there is room.
+"""Before the handler: who the client is, whether it may ask, and whether there is room.
 
-Every refusal is an HTTP answer before the WebSocket exists (no 101), with
-a JSON body ``{"code", "message"}``, a counter and one log line without
-anything the client sent:
+Every refusal is an HTTP answer (before the WebSocket exists, for the
+sockets: no 101), with a JSON body ``{"code", "message"}``, a counter and
+one log line without anything the client sent:
 
 ======  ===============================  =========================================
 status  code                             when
 ======  ===============================  =========================================
 401     ``unauthorized``                 bot socket with tokens on, none presented
-401     ``invalid_token``                a token that is not one of ours
-403     ``loopback_only``                no tokens configured, client not on loopback
+401     ``invalid_token``                a token that is not one of ours (bot socket, ``/metrics``)
+403     ``loopback_only``                no tokens configured, client not on loopback; ``/metrics``
+                                         from anywhere but loopback without a token
 403     ``forbidden_origin``             a socket opened by a page of another origin
-403     ``forbidden_host``               a loopback client asking by a DNS name (rebinding)
-429     ``too_many_connections``         the client address holds its share of sockets
-503     ``server_full``                  every socket the server allows is taken
+403     ``forbidden_host``               a loopback client asking by a DNS name (rebinding), on any
+                                         path but ``/healthz``
+429     ``too_many_connections``         the client address holds its share of connections
+503     ``server_full``                  every connection the server allows is taken
 ======  ===============================  =========================================
+
+Connections are counted when accepted (:mod:`bixweb.web.tcp`); the last two
+answer the first request of a connection that found no room, and close it.
+``/healthz`` is answered even then, so a probe learns the server is up and full.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from aiohttp.web_request import BaseRequest
 
 from bixweb.access import forwarded, is_loopback, local_host, origin_allowed, presented_token, within
 from bixweb.logs import event
-from bixweb.web.service import SERVICE, Service
+from bixweb.web.service import Service
+from bixweb.web.tcp import CountedHandler
 
 log = logging.getLogger("bixweb.gate")
 
@@ -37,17 +44,87 @@ RETRY_AFTER_S = 5
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def trust_forwarded(service: Service) -> Middleware:
-    """Middleware: requests from a trusted proxy take their client address and scheme from its headers."""
+def guard(service: Service) -> Middleware:
+    """Middleware before every handler: the client a trusted proxy names, room for the connection, the host.
+
+    A trusted proxy's connection is counted, for the length of each request,
+    for the client that request is from (the per-client limit applies to
+    that client), and given back to the proxy afterwards.
+    """
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        found = forwarded(request.remote, request.headers, service.trusted_proxies)
-        if found.client != request.remote or found.scheme is not None:
-            request = request.clone(remote=found.client, scheme=found.scheme or request.scheme)
-        return await handler(request)
+        if service.trusted_proxies:
+            found = forwarded(request.remote, request.headers, service.trusted_proxies)
+            if found.client != request.remote or found.scheme is not None:
+                request = request.clone(remote=found.client, scheme=found.scheme or request.scheme)
+        route = request.match_info.route.name
+        conn = request.protocol if isinstance(request.protocol, CountedHandler) else None
+        refusal, proxy = claim_room(conn, request.remote or "-", service)
+        if refusal is not None and route != "healthz":
+            answer = no_room(request, service, refusal, kind=KINDS.get(route or "", "http"))
+            answer.force_close()
+            return answer
+        refused = host_access(request, service, route)
+        if refused is not None:
+            return refused
+        try:
+            response = await handler(request)
+            if refusal is not None:  # /healthz on a connection that found no room: answered, then closed
+                response.force_close()
+            return response
+        finally:
+            if proxy is not None and conn is not None and conn.holder is not None:
+                service.limits.move(conn.holder, proxy, shared=True)
+                conn.holder = proxy
 
     return middleware
+
+
+def claim_room(conn: CountedHandler | None, client: str, service: Service) -> tuple[str | None, str | None]:
+    """A request's head is in: the refusal its connection gets (None: there is room), and, for a
+    trusted proxy's connection now counted for ``client``, the proxy to give the count back to."""
+    if conn is None:
+        return None, None
+    conn.head_arrived()
+    if conn.refusal is not None:
+        conn.answered()
+        return conn.refusal, None
+    if not conn.shared or conn.holder is None or client == conn.holder:
+        return None, None
+    refusal = service.limits.move(conn.holder, client)
+    if refusal is not None:
+        return refusal, None
+    proxy, conn.holder = conn.holder, client
+    return None, proxy
+
+
+KINDS = {"bot_socket": "bot", "ui_socket": "ui"}
+"""Route names → the ``kind`` refusals are logged with (``http`` for the rest)."""
+OWN_HOST_RULES = frozenset({"bot_socket", "ui_socket", "healthz"})
+"""Routes :func:`host_access` leaves alone: the sockets check the host themselves (with their
+tokens and origins); ``/healthz`` answers probes however they name the server."""
+
+
+def host_access(request: web.Request, service: Service, route: str | None) -> web.Response | None:
+    """A local client must ask by address, as localhost or by an allowed origin's host: a DNS
+    name that points at 127.0.0.1 is how a rebound page of another site reads this server."""
+    if route in OWN_HOST_RULES or not local_client(request, service):
+        return None
+    if local_host(request.host, service.settings.allowed_origins):
+        return None
+    return refuse(request, service, kind="http", status=403, code="forbidden_host",
+                  message="a local client must ask for this server by address or as localhost")
+
+
+def no_room(request: web.Request, service: Service, verdict: str, *, kind: str) -> web.Response:
+    """The answer to a request on a connection the limits had no room for."""
+    retry = {"Retry-After": str(RETRY_AFTER_S)}
+    if verdict == "client":
+        return refuse(request, service, kind=kind, status=429, code="too_many_connections",
+                      message=f"at most {service.limits.per_client} connections per client address", headers=retry)
+    return refuse(request, service, kind=kind, status=503, code="server_full",
+                  message="the server has no room for another connection", headers=retry)
 
 
 def refuse(
@@ -84,17 +161,42 @@ def bot_access(request: web.Request, service: Service) -> web.Response | None:
         return None
     if service.settings.open_bots:
         return None
-    if (
-        is_loopback(request.remote or "")
-        and is_loopback(peer_address(request))  # a forwarded address alone never makes a client local
-        and not proxied_by_stranger(request, service)
-    ):
+    if local_client(request, service):
         if not local_host(request.host, service.settings.allowed_origins):
             return refuse(request, service, kind="bot", status=403, code="forbidden_host",
                           message="a local client must ask for this server by address or as localhost")
         return None
     return refuse(request, service, kind="bot", status=403, code="loopback_only",
                   message="without configured tokens the bot socket serves loopback clients only")
+
+
+def local_client(request: web.Request, service: Service) -> bool:
+    """The client is on this machine: a loopback peer, and no proxy in between names another client."""
+    return (
+        is_loopback(request.remote or "")
+        and is_loopback(peer_address(request))  # a forwarded address alone never makes a client local
+        and not proxied_by_stranger(request, service)
+    )
+
+
+def metrics_access(request: web.Request, service: Service) -> web.Response | None:
+    """``/metrics``: a local client (no proxy naming another one), or a configured bearer token.
+
+    Without ``--trusted-proxies`` a proxy on this host is a stranger: its
+    requests, which carry ``X-Forwarded-For``, are refused, whoever sent them.
+    """
+    tokens = service.tokens
+    presented = presented_token(request.headers, {}) if tokens else None
+    if presented is not None:
+        if tokens.accepts(presented):
+            return None
+        return refuse(request, service, kind="http", status=401, code="invalid_token",
+                      message="the token is not valid",
+                      headers={"WWW-Authenticate": 'Bearer realm="bixweb", error="invalid_token"'})
+    if local_client(request, service):
+        return None
+    return refuse(request, service, kind="http", status=403, code="loopback_only",
+                  message="metrics are served to loopback clients, or with a bearer token")
 
 
 def proxied_by_stranger(request: web.Request, service: Service) -> bool:
@@ -133,23 +235,6 @@ def origin_access(request: web.Request, service: Service, *, kind: str = "ui") -
     return None
 
 
-def admit(request: web.Request, service: Service, kind: str) -> web.Response | None:
-    """Count the socket in, or refuse it for lack of room; :func:`release` when it ends."""
-    verdict = service.limits.admit(request.remote or "-")
-    if verdict is None:
-        return None
-    retry = {"Retry-After": str(RETRY_AFTER_S)}
-    if verdict == "client":
-        return refuse(request, service, kind=kind, status=429, code="too_many_connections",
-                      message=f"at most {service.limits.per_client} sockets per client address", headers=retry)
-    return refuse(request, service, kind=kind, status=503, code="server_full",
-                  message="the server has no room for another socket", headers=retry)
-
-
-def release(request: web.Request, service: Service) -> None:
-    service.limits.release(request.remote or "-")
-
-
 REDACTED_QUERY = frozenset({"token", "page"})
 """Query values that grant something (a bot token; a dashboard page, whose view it names)."""
 
@@ -161,8 +246,10 @@ class AccessLog(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
         if not self.logger.isEnabledFor(logging.INFO):
             return
-        service = request.app.get(SERVICE) if isinstance(request, web.Request) else None
-        trusted = service.trusted_proxies if service is not None else ()
+        # not request.app: a request aiohttp refused before routing (a 400 for a 9,000-byte
+        # query) has no app, and asking for it raises
+        conn = request.protocol
+        trusted = conn.door.service.trusted_proxies if isinstance(conn, CountedHandler) else ()
         query = "&".join(
             f"{key}={'***' if key in REDACTED_QUERY else value}" for key, value in request.query.items()
         )

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from bixweb import __version__
+from bixweb.web import gate
 from bixweb.web.service import SERVICE, Service, now_ms
 
 KINDS = ("bot", "ui")
@@ -54,8 +55,8 @@ class ServiceCollector(Collector):
                 closed.add_metric([kind, code], value)
         yield closed
 
-        refused = CounterMetricFamily("bixweb_refused", "Handshakes refused before the upgrade, by reason",
-                                      labels=["reason"])
+        refused = CounterMetricFamily("bixweb_refused", "Requests refused before their handler, and connections "
+                                      "turned away, by reason", labels=["reason"])
         for key, value in sorted(counters.items()):
             if key.startswith("refused:"):
                 refused.add_metric([key.split(":", 1)[1]], value)
@@ -71,6 +72,9 @@ class ServiceCollector(Collector):
                 total = counters[f"{attribute}:{kind}"] + sum(getattr(c, attribute) for c in live if c.kind == kind)
                 family.add_metric([kind], total)
             yield family
+
+        yield GaugeMetricFamily("bixweb_tcp_connections", "Open TCP connections, plain HTTP and WebSocket, as "
+                                "--max-connections counts them", value=service.limits.open)
 
         yield CounterMetricFamily(
             "bixweb_conflated", "State messages replaced by a newer one before a slow reader got them",
@@ -105,6 +109,10 @@ REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text; to loopback clients or with a token (:func:`gate.metrics_access`)."""
+    refused = gate.metrics_access(request, request.app[SERVICE])
+    if refused is not None:
+        return refused
     body = generate_latest(request.app[REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -74,13 +74,7 @@ async def ui_socket(request: web.Request) -> web.StreamResponse:
     page = request.query.get("page", "")
     if not 8 <= len(page) <= 64 or not page.replace("-", "").replace("_", "").isalnum():
         raise web.HTTPBadRequest(text="a dashboard socket needs ?page=<id> from the page")
-    refused = gate.admit(request, service, "ui")
-    if refused is not None:
-        return refused
-    try:
-        return await _serve(request, service, page)
-    finally:
-        gate.release(request, service)
+    return await _serve(request, service, page)  # room: counted with its connection (bixweb.web.tcp)
 
 
 async def _serve(request: web.Request, service: Service, page: str) -> web.StreamResponse:
