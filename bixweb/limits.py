@@ -6,7 +6,11 @@ from typing import Literal
 
 
 class TokenBucket:
-    """Allows ``rate`` events per second on average and ``burst`` at once."""
+    """Allows ``rate`` events per second on average and ``burst`` at once.
+
+    :meth:`spend` may take the bucket below zero: work already done is paid
+    for by waiting, so a costly event holds back the ones after it.
+    """
 
     __slots__ = ("burst", "rate", "_tokens", "_updated")
 
@@ -16,35 +20,74 @@ class TokenBucket:
         self._tokens = burst
         self._updated = now
 
+    def _refill(self, now: float) -> None:
+        self._tokens = min(self.burst, self._tokens + max(0.0, now - self._updated) * self.rate)
+        self._updated = max(self._updated, now)
+
     def allow(self, now: float) -> bool:
         """Take one token if there is one."""
-        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-        self._updated = now
+        self._refill(now)
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             return True
         return False
 
+    def spend(self, now: float, tokens: float) -> None:
+        """Take ``tokens`` whether or not there are that many."""
+        self._refill(now)
+        self._tokens -= tokens
+
+    def tokens(self, now: float) -> float:
+        self._refill(now)
+        return self._tokens
+
+
+REFUSAL_COST = 4.0
+"""Tokens a refused message costs on top of its own: a client whose messages keep failing gets
+a quarter of the rate, and is closed if it keeps sending."""
+
+TOKENS_PER_CPU_SECOND = 1_000.0
+"""One token per millisecond of server CPU a message took: a client may use at most
+``rate`` ms of CPU per second (2 % of a core at the default 20/s)."""
+
+REFUSAL_LOG_INTERVAL = 10.0
+"""Seconds between two log lines about one connection's refused messages."""
+
 
 class InboundLimiter:
-    """Client messages: ``ok``, ``refuse`` (answer ``rate_limited``) or ``close`` (a flood).
+    """Client messages: ``ok``, ``refuse`` (answer ``rate_limited`` unparsed) or ``close`` (1008).
 
-    ``rate`` messages per second on average, twice that at once; more than a
-    burst's worth of refusals in a row is a flood.
+    A budget of ``rate`` tokens per second, twice that at once. Each message
+    takes one token when it arrives (:meth:`check`); after it was handled the
+    caller reports its cost (:meth:`charge`): the CPU time it took, and
+    whether it was refused. So the limit is on work, not only on count: big
+    or failing messages hold back the ones after them. More than a burst's
+    worth of refusals since the last message that was handled without error
+    is a flood, and closes the connection.
     """
 
-    __slots__ = ("bucket", "denied")
+    __slots__ = ("bucket", "denied", "refusals")
 
     def __init__(self, rate: float, now: float) -> None:
         self.bucket = TokenBucket(rate, rate * 2, now)
         self.denied = 0
+        self.refusals = LogThrottle(REFUSAL_LOG_INTERVAL)
 
     def check(self, now: float) -> Literal["ok", "refuse", "close"]:
         if self.bucket.allow(now):
-            self.denied = 0
             return "ok"
         self.denied += 1
         return "close" if self.denied > self.bucket.burst else "refuse"
+
+    def charge(self, now: float, cpu_seconds: float, *, failed: bool) -> None:
+        """What a message let through by :meth:`check` cost: ``cpu_seconds``, and ``failed`` if refused."""
+        self.bucket.spend(now, cpu_seconds * TOKENS_PER_CPU_SECOND + (REFUSAL_COST if failed else 0.0))
+        if not failed:
+            self.denied = 0
+
+    def refused(self, now: float) -> int | None:
+        """Count one refused message; how many to log now (the first, then one line per interval), else None."""
+        return self.refusals.note(now)
 
 
 class ConnectionLimits:

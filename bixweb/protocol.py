@@ -9,29 +9,32 @@ once per process (:func:`schemas`).
 
 from __future__ import annotations
 
-import functools
-import json
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import orjson
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
-from referencing import Registry, Resource
 
 from bixweb.alerts import Alert, Rule
 from bixweb.annotations import Annotation
 from bixweb.errors import ProtocolError
 from bixweb.model import Book, Candle, Interval, Ticker, Trade
+from bixweb.validation import (
+    MAX_NESTING,
+    MAX_VALUES,
+    ROOT,
+    SCHEMA_DIR,
+    Direction,
+    SchemaSet,
+    count_values,
+    nesting,
+    schemas,
+)
 
-ROOT: Final = Path(__file__).resolve().parent.parent
-SCHEMA_DIR: Final = ROOT / "schemas"
+__all__ = ["ROOT", "SCHEMA_DIR", "Direction", "SchemaSet", "schemas"]
 
 Message = dict[str, Any]
-Direction = Literal["server", "client", "ui"]
 
 encode = orjson.dumps
 """Encode a message to the bytes of one text frame."""
@@ -359,14 +362,26 @@ def _request_id(obj: Mapping[str, Any]) -> str | int | None:
 
 
 def parse_json_object(frame: str | bytes) -> dict[str, Any]:
-    """One JSON object, or :class:`ProtocolError` ``invalid_json`` / ``invalid_message``."""
+    """One JSON object, or :class:`ProtocolError` ``invalid_json`` / ``invalid_message``.
+
+    Its size in values is bounded before it is parsed
+    (:func:`~bixweb.validation.count_values`), its nesting before it is
+    validated, so a hostile frame costs about what its bytes cost to scan.
+    """
+    if isinstance(frame, bytes):
+        try:
+            frame = frame.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("invalid_json", "the frame is not valid JSON") from None
+    if count_values(frame) > MAX_VALUES:
+        raise ProtocolError("invalid_message", f"a message holds at most {MAX_VALUES:,} values", path="$")
     try:
         obj = orjson.loads(frame)
     except orjson.JSONDecodeError:
         raise ProtocolError("invalid_json", "the frame is not valid JSON") from None
     if not isinstance(obj, dict):
         raise ProtocolError("invalid_message", "a message is a JSON object", path="$")
-    if _depth(obj) > MAX_NESTING:
+    if nesting(obj) > MAX_NESTING:
         raise ProtocolError(
             "invalid_message", f"a message nests at most {MAX_NESTING} levels deep", request_id=_request_id(obj),
             path="$",
@@ -404,73 +419,6 @@ def parse_client_message(frame: str | bytes) -> ClientMessage:
     return Unsubscribe(symbols, channels, request_id)
 
 
-# -- schemas ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SchemaSet:
-    """Every schema file, with one validator per message type and direction."""
-
-    files: Mapping[str, Message]
-    """Path under ``schemas/`` (``"server/trade.json"``) to the parsed schema."""
-    validators: Mapping[Direction, Mapping[str, Draft202012Validator]]
-
-    def first_error(self, direction: Direction, kind: str, obj: Mapping[str, Any]) -> tuple[str, str] | None:
-        """``(json path, reason)`` of the most relevant way ``obj`` breaks schema ``direction/kind``."""
-        error = best_match(self.validators[direction][kind].iter_errors(obj))
-        return None if error is None else (error.json_path, error.message[:200])
-
-    def errors(self, direction: Direction, message: Mapping[str, Any]) -> list[str]:
-        """Why ``message`` breaks its schema: ``path: reason`` lines, empty if it is valid."""
-        validator = self.validators[direction].get(str(message.get("type")))
-        if validator is None:
-            return [f"$.type: no {direction} message type {message.get('type')!r}"]
-        return [f"{e.json_path}: {e.message}" for e in validator.iter_errors(message)]
-
-
-MAX_NESTING: Final = 16
-"""No message of the protocol nests deeper; deeper input is refused before validation,
-whose error messages quote the instance and would recurse as deep as it goes."""
-
-
-def _depth(value: object, limit: int = MAX_NESTING + 1) -> int:
-    """How deeply ``value`` nests lists and objects, counted up to ``limit``."""
-    depth = 0
-    level: list[object] = [value]
-    while level and depth < limit:
-        children: list[object] = []
-        for item in level:
-            if isinstance(item, dict):
-                children.extend(item.values())
-            elif isinstance(item, list):
-                children.extend(item)
-        if not children:
-            break
-        depth += 1
-        level = children
-    return depth
-
-
-@functools.cache
-def schemas(directory: Path = SCHEMA_DIR) -> SchemaSet:
-    """Load ``schemas/`` once; each validator is built here and reused."""
-    files = {
-        path.relative_to(directory).as_posix(): json.loads(path.read_text(encoding="utf-8"))
-        for path in sorted(directory.rglob("*.json"))
-    }
-    registry: Registry[Any] = Registry().with_resources(
-        (schema["$id"], Resource.from_contents(schema)) for schema in files.values()
-    )
-    validators: dict[Direction, dict[str, Draft202012Validator]] = {"server": {}, "client": {}, "ui": {}}
-    for direction, by_type in validators.items():
-        for name, schema in files.items():
-            if name.startswith(direction + "/"):
-                by_type[name.removeprefix(direction + "/").removesuffix(".json")] = Draft202012Validator(
-                    schema, registry=registry
-                )
-    return SchemaSet(files, validators)
-
-
 def resolve_streams(
     symbols: Sequence[str],
     channels: Sequence[str],
@@ -494,9 +442,10 @@ def resolve_streams(
                 path=f"$.channels[{n}]",
             )
     chosen: dict[str, None] = {}
+    every = False
     for n, symbol in enumerate(symbols):
         if symbol == "*":
-            chosen.update(dict.fromkeys(known_symbols))
+            every = True  # taken once below: 200 stars must not cost 200 copies of the symbol list
         elif symbol in known:
             chosen[symbol] = None
         else:
@@ -506,4 +455,6 @@ def resolve_streams(
                 request_id=request_id,
                 path=f"$.symbols[{n}]",
             )
+    if every:
+        chosen = dict.fromkeys(known_symbols)
     return [(channel, symbol) for channel in dict.fromkeys(channels) for symbol in chosen]

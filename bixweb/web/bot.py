@@ -118,27 +118,45 @@ class BotSession:
             self.send_snapshot(self.service.market.snapshot(sorted(self.streams), now_ms()))
 
     def receive(self, frame: str | bytes) -> None:
-        """Handle one client frame; every refusal becomes an ``error`` message."""
+        """Handle one client frame; every refusal becomes an ``error`` message.
+
+        The limiter is charged the CPU time each message took, and extra for
+        a refused one: a client whose messages are costly or keep failing is
+        answered ``rate_limited`` unparsed, then closed with 1008.
+        """
         if self.conn.closing:
             return
+        verdict = self.limiter.check(time.monotonic())
+        if verdict == "close":
+            event(log, logging.WARNING, "flood", kind="bot", session=self.conn.session, peer=self.conn.peer)
+            self.conn.close_soon(CLOSE_POLICY, "too many messages")
+            return
+        if verdict == "refuse":
+            self._refuse(ProtocolError("rate_limited", f"more than {self.limiter.bucket.rate:g} messages per second "
+                                       "(refused and costly messages count more)"))
+            return
+        started = time.thread_time()
+        failed = True
         try:
-            verdict = self.limiter.check(time.monotonic())
-            if verdict == "close":
-                event(log, logging.WARNING, "flood", kind="bot", session=self.conn.session, peer=self.conn.peer)
-                self.conn.close_soon(CLOSE_POLICY, "too many messages")
-                return
-            if verdict == "refuse":
-                raise ProtocolError("rate_limited", f"more than {self.limiter.bucket.rate:g} messages per second")
             if isinstance(frame, bytes):
                 raise ProtocolError("binary_not_supported", "send JSON in text frames")
             self.handle(protocol.parse_client_message(frame))
+            failed = False
         except ProtocolError as exc:
-            event(log, logging.INFO, "refused_message", kind="bot", session=self.conn.session, peer=self.conn.peer,
-                  code=exc.code, path=exc.path)
-            self.send(protocol.error_message(now_ms(), exc))
+            self._refuse(exc)
         except Exception:  # a bug must cost one answer, not the connection or the server
             log.exception("internal error session=%s peer=%s", self.conn.session, self.conn.peer)
             self.send(protocol.error_message(now_ms(), ProtocolError("internal_error", "the server failed")))
+        finally:
+            self.limiter.charge(time.monotonic(), time.thread_time() - started, failed=failed)
+
+    def _refuse(self, exc: ProtocolError) -> None:
+        """Answer a refused message; log the first refusal, then a count at most every few seconds."""
+        count = self.limiter.refused(time.monotonic())
+        if count is not None:
+            event(log, logging.INFO, "refused_message", kind="bot", session=self.conn.session, peer=self.conn.peer,
+                  code=exc.code, path=exc.path, count=count)
+        self.send(protocol.error_message(now_ms(), exc))
 
     def handle(self, request: protocol.ClientMessage) -> None:
         if isinstance(request, protocol.Ping):

@@ -21,7 +21,7 @@ from bixweb.errors import ProtocolError
 from bixweb.hub import Outbox
 from bixweb.limits import InboundLimiter
 from bixweb.logs import event
-from bixweb.render import Status
+from bixweb.render import PageView, Status
 from bixweb.web import gate
 from bixweb.web.connection import CLOSE_POLICY, CLOSE_TRY_AGAIN, Connection
 from bixweb.web.service import SERVICE, Service, now_ms
@@ -107,24 +107,9 @@ async def _serve(request: web.Request, service: Service, page: str) -> web.Strea
                 event(log, logging.WARNING, "flood", kind="ui", session=conn.session, peer=conn.peer)
                 conn.close_soon(CLOSE_POLICY, "too many messages")
                 continue
-            if verdict == "refuse":
+            if verdict == "refuse":  # dropped unparsed: a person's clicks stay far below the limit
                 continue
-            try:
-                values = parse_action(msg.data)
-                if values["action"] in DESK_ACTIONS:  # the desk's listener updates every page
-                    reply = await dashboard.desk_action(values, page=page, now_ms=now_ms())
-                    if reply is not None:
-                        conn.send(reply)
-                    continue
-                view = apply_action(view, values, dashboard.market.symbols)
-            except ProtocolError as exc:
-                event(log, logging.INFO, "refused_message", kind="ui", session=conn.session, peer=conn.peer,
-                      code=exc.code, path=exc.path)
-                conn.send(dashboard.renderer.notice(exc.message).encode())
-                continue
-            dashboard.pages.put(page, view)
-            service.ui_hub.set_streams(conn, view.fragments())
-            conn.send(dashboard.page_frame(view, current_status(service)))
+            view = await _act(service, conn, limiter, page, view, msg.data)
     finally:
         service.ui_hub.remove(conn)
         code = conn.close_code or ws.close_code
@@ -133,3 +118,39 @@ async def _serve(request: web.Request, service: Service, page: str) -> web.Strea
         event(log, logging.INFO, "disconnected", kind="ui", session=conn.session, peer=conn.peer, code=code,
               reason=conn.close_reason, frames=conn.frames_sent, bytes=conn.bytes_sent)
     return ws
+
+
+async def _act(
+    service: Service, conn: Connection, limiter: InboundLimiter, page: str, view: PageView, frame: str | bytes
+) -> PageView:
+    """Apply one form message; the page's view after it.
+
+    The limiter is charged the CPU time this took (not the wait for the
+    desk, which is not this page's work), and extra for a refused message.
+    """
+    dashboard = service.dashboard
+    started = time.thread_time()
+    failed = True
+    try:
+        values = parse_action(frame)
+        if values["action"] in DESK_ACTIONS:  # the desk's listener updates every page
+            spent = time.thread_time() - started
+            reply = await dashboard.desk_action(values, page=page, now_ms=now_ms())
+            started = time.thread_time() - spent
+            if reply is not None:
+                conn.send(reply)
+        else:
+            view = apply_action(view, values, dashboard.market.symbols)
+            dashboard.pages.put(page, view)
+            service.ui_hub.set_streams(conn, view.fragments())
+            conn.send(dashboard.page_frame(view, current_status(service)))
+        failed = False
+    except ProtocolError as exc:
+        count = limiter.refused(time.monotonic())
+        if count is not None:  # the first refusal, then a count at most every few seconds
+            event(log, logging.INFO, "refused_message", kind="ui", session=conn.session, peer=conn.peer,
+                  code=exc.code, path=exc.path, count=count)
+        conn.send(dashboard.renderer.notice(exc.message).encode())
+    finally:
+        limiter.charge(time.monotonic(), time.thread_time() - started, failed=failed)
+    return view
