@@ -35,6 +35,9 @@ BOT = "/ws?channels=none"
 UI = "/ws/ui?page=conformance-page"
 TEXT, BINARY, CLOSE, PING = 0x1, 0x2, 0x8, 0x9
 RSV1, RSV2, RSV3 = 0x40, 0x20, 0x10
+CANARY_GAP_S = 2.0
+"""The canary's ticker comes 20 times a second; a gap this long means the hostile clients stalled it
+(generous: the machine is shared, and this is not the latency test)."""
 
 
 def frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0, mask: bool = True) -> bytes:
@@ -221,7 +224,7 @@ async def test_bad_frames_get_the_rfc_close_code_on_both_sockets_while_a_canary_
     got = {f"{path} {name}": code for (path, name, _), code in zip(cases, codes, strict=True)}
     expected = {f"{path} {name}": code for path in (BOT, UI) for name, (_, code) in BAD_FRAMES.items()}
     assert got == expected
-    assert gap < 1.0, f"the canary waited {gap:.2f} s for a message"
+    assert gap < CANARY_GAP_S, f"the canary waited {gap:.2f} s for a message"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], "an error was logged"
 
 
@@ -233,16 +236,24 @@ async def test_a_bad_frame_right_behind_the_handshake_is_checked_too(aiohttp_ser
         await raw.finish()
 
 
-async def test_frames_before_a_violation_are_still_answered(aiohttp_server: ServerFactory) -> None:
+@pytest.mark.parametrize(("bad", "code"), [
+    (frame(TEXT, b"{}", mask=False), 1002),  # refused by bixweb's check
+    (frame(TEXT, b"\xff"), 1007),  # by aiohttp's reader
+    (frame(TEXT, b" " * 20_000), 1009),  # by aiohttp's reader, above max_message_bytes
+], ids=["unmasked", "not-utf8", "too-big"])
+async def test_what_came_before_a_refused_frame_is_still_answered(
+    aiohttp_server: ServerFactory, bad: bytes, code: int
+) -> None:
     server = await serve(aiohttp_server)
     raw = await RawSocket.open(server, BOT)
-    raw.writer.write(frame(TEXT, b'{"type":"ping","id":"before"}') + frame(TEXT, b"{}", mask=False))
+    assert (await raw.read_frame())[0] == TEXT  # welcome
+    raw.writer.write(frame(TEXT, b'{"type":"ping","id":"before"}') + bad)
     replies = []
     while (got := await raw.read_frame())[0] != CLOSE:
         replies += unwrap(json.loads(got[1]))
     await raw.finish()
     assert [m.get("id") for m in replies if m["type"] == "pong"] == ["before"]
-    assert int.from_bytes(got[1][:2], "big") == 1002
+    assert int.from_bytes(got[1][:2], "big") == code
 
 
 @pytest.mark.parametrize("version", ["8", "7", "14", None, "13, 8"])
@@ -308,7 +319,7 @@ async def test_pings_then_a_dropped_tcp_connection_log_one_info_line_and_no_trac
     dropped = [r for r in gone if r.fields["code"] != 1000 or r.fields["reason"]]  # the canary's own is clean
     assert len(dropped) == 10, [r.getMessage() for r in gone]
     assert all(r.fields["reason"] for r in dropped), [r.getMessage() for r in dropped]
-    assert gap < 1.0
+    assert gap < CANARY_GAP_S, f"the canary waited {gap:.2f} s for a message"
 
 
 async def flood_once(server: TestServer, pings: int) -> tuple[int | str, list[dict[str, Any]]]:
@@ -345,24 +356,26 @@ async def flood_once(server: TestServer, pings: int) -> tuple[int | str, list[di
     return code, replies
 
 
-async def test_a_flood_gets_its_rate_limited_errors_then_a_clean_1008_ten_times_of_ten(
+async def test_floods_get_their_rate_limited_errors_then_a_clean_1008_every_time(
     aiohttp_server: ServerFactory,
 ) -> None:
     server = await serve(aiohttp_server)
     burst = 2 * server.app[SERVICE].settings.max_messages_per_s
     async with canary_on(server) as canary:
         started = time.monotonic()
-        outcomes = [await flood_once(server, 300) for _ in range(10)]
+        outcomes = []
+        for _ in range(10):  # three flooders at a time, ten times
+            outcomes += await asyncio.gather(*(flood_once(server, 300) for _ in range(3)))
         gap = canary.longest_gap(started)
     figures = [(code, sum(m["type"] == "error" for m in replies), sum(m["type"] == "pong" for m in replies))
                for code, replies in outcomes]
-    print(f"\nfloods (close code, rate_limited, pongs): {figures}")
+    print(f"\nfloods (close code, rate_limited, pongs): {figures}; the canary's longest gap {gap:.3f} s")
     for code, replies in outcomes:
         assert code == 1008, figures
         errors = [m for m in replies if m["type"] == "error"]
         assert {e["code"] for e in errors} == {"rate_limited"}
         assert len(errors) >= burst, figures  # more than a burst's worth in a row is what makes a flood
-    assert gap < 1.0
+    assert gap < CANARY_GAP_S, f"the canary waited {gap:.2f} s for a message"
 
 
 def test_the_checker_reads_headers_only_and_reports_once() -> None:

@@ -21,7 +21,7 @@ from bixweb.model import CHANNELS, TICKER, stream_key
 from bixweb.web import gate
 from bixweb.web.connection import CLOSE_POLICY, Connection
 from bixweb.web.service import SERVICE, Service, now_ms
-from bixweb.web.upgrade import GuardedWebSocket, refuse_bad_frames, version_refusal
+from bixweb.web.upgrade import GuardedWebSocket, guard_connection, version_refusal
 
 log = logging.getLogger("bixweb.bot")
 
@@ -270,7 +270,7 @@ async def _serve(request: web.Request, service: Service) -> web.StreamResponse:
         service.closed(conn, ws.close_code)
         return ws
     conn.start()
-    refuse_bad_frames(ws, conn)
+    guard_connection(ws, conn)
     event(log, logging.INFO, "connected", kind="bot", session=conn.session, peer=conn.peer, streams=len(streams),
           compressed=bool(ws.compress))
     try:

@@ -193,16 +193,27 @@ class Connection:
                 self._writer.cancel()
         self._closer = asyncio.create_task(self._close(code, reason), name=f"close-{self.session}")
 
+    async def flush_owed(self, deadline: float | None = None) -> None:
+        """Before a close frame: let the writer send what the outbox holds, until ``deadline``
+        (loop time; ``close_timeout`` from now by default). Nothing for a slow consumer."""
+        if self.close_code == self.overflow_code:
+            return
+        loop = asyncio.get_running_loop()
+        if self.outbox and self._writer is None and self._started:
+            self._wake_writer()
+        if (writer := self._writer) is not None:
+            if deadline is None:
+                deadline = loop.time() + self.close_timeout
+            # asyncio.wait: the writer may be cancelled by stop(), which must not cancel the close
+            done, _ = await asyncio.wait({writer}, timeout=max(0.0, deadline - loop.time()))
+            if not done:  # a peer that did not take what it is owed by the deadline
+                writer.cancel()
+                self.outbox.clear()
+
     async def _close(self, code: int, reason: str) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.close_timeout
-        if code != self.overflow_code:
-            if self.outbox and self._writer is None and self._started:
-                self._wake_writer()
-            if (writer := self._writer) is not None:
-                # asyncio.wait: the writer may be cancelled by stop(), which must not cancel the close
-                await asyncio.wait({writer}, timeout=max(0.0, deadline - loop.time()))
-                writer.cancel()  # a peer that did not take what it is owed by the deadline
+        await self.flush_owed(deadline)
         try:
             async with asyncio.timeout_at(deadline):
                 await self.ws.close(code=code, message=reason.encode(), drain=False)

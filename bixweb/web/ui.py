@@ -25,7 +25,7 @@ from bixweb.render import Status
 from bixweb.web import gate
 from bixweb.web.connection import CLOSE_POLICY, CLOSE_TRY_AGAIN, Connection
 from bixweb.web.service import SERVICE, Service, now_ms
-from bixweb.web.upgrade import GuardedWebSocket, refuse_bad_frames, version_refusal
+from bixweb.web.upgrade import GuardedWebSocket, guard_connection, version_refusal
 
 log = logging.getLogger("bixweb.ui")
 
@@ -103,7 +103,7 @@ async def _serve(request: web.Request, service: Service, page: str) -> web.Strea
     )
     service.opened(conn)
     conn.start()
-    refuse_bad_frames(ws, conn)
+    guard_connection(ws, conn)
     service.ui_hub.add(conn, view.fragments())
     conn.send(dashboard.page_frame(view, current_status(service)))
     limiter = InboundLimiter(settings.max_messages_per_s, time.monotonic())

@@ -11,7 +11,8 @@ Three things aiohttp does not do for a server, done here:
   side, even while the peer is still sending, which makes the kernel send a
   reset that can destroy the close frame in flight; a :class:`GuardedWebSocket`
   instead keeps reading (and discarding) until the peer's close frame, its
-  EOF, or ``linger_s``.
+  EOF, or ``linger_s``; and a close it starts on its own (1007 and 1009
+  from its reader) first sends what the connection owes (``before_close``).
 
 This leans on aiohttp internals (``WebSocketResponse._post_start`` and
 ``_close_transport``, ``RequestHandler._payload_parser`` and ``_message_tail``),
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -118,6 +119,8 @@ class GuardedWebSocket(web.WebSocketResponse):
         self.guard: FrameGuard | None = None
         self.lost_reason: str | None = None
         """Why the socket ended without a close handshake, if it did."""
+        self.before_close: Callable[[], Awaitable[None]] | None = None
+        """Awaited before a close frame the server sends on its own (not in answer to the peer's)."""
         self._released: asyncio.Future[None] | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
 
@@ -166,6 +169,10 @@ class GuardedWebSocket(web.WebSocketResponse):
         An answer to the peer's close echoes its code (RFC 6455 section 5.5.1)
         where aiohttp would send 1000.
         """
+        if self.before_close is not None and not self.closed and not self._closing:
+            # aiohttp's own refusals (1007, 1009, …) close from receive(): send what is owed first
+            if self.guard is None or not self.guard.peer_gone:
+                await self.before_close()
         peer_code = self.close_code
         if self._closing and not self.closed and code == 1000 and peer_code and close_code_allowed(peer_code):
             code = peer_code
@@ -194,8 +201,9 @@ class GuardedWebSocket(web.WebSocketResponse):
             self.lost_reason = "lost without a close frame"
 
 
-def refuse_bad_frames(ws: GuardedWebSocket, conn: Connection) -> None:
-    """Close ``conn`` with 1002 when its peer sends a frame that breaks RFC 6455."""
+def guard_connection(ws: GuardedWebSocket, conn: Connection) -> None:
+    """Close ``conn`` with 1002 when its peer sends a frame that breaks RFC 6455, and let every
+    close the server starts send what ``conn`` owes first."""
     def close(violation: Violation) -> None:
         event(log, logging.WARNING, "protocol_violation", kind=conn.kind, session=conn.session, peer=conn.peer,
               code=violation.code, reason=violation.reason)
@@ -204,3 +212,4 @@ def refuse_bad_frames(ws: GuardedWebSocket, conn: Connection) -> None:
     if ws.guard is None:
         raise RuntimeError("the socket is not prepared")
     ws.guard.on_violation = close
+    ws.before_close = conn.flush_owed
