@@ -186,6 +186,7 @@ class GuardedWebSocket(web.WebSocketResponse):
 
         aiohttp answers pings inside ``receive()``; a peer that resets the
         connection meanwhile ends the stream here, noted in :attr:`lost_reason`.
+        A frame the guard refused reaches ``guard.on_violation`` here, in turn.
         """
         try:
             async for message in self:
