@@ -121,6 +121,7 @@ class GuardedWebSocket(web.WebSocketResponse):
         """Why the socket ended without a close handshake, if it did."""
         self.before_close: Callable[[], Awaitable[None]] | None = None
         """Awaited before a close frame the server sends on its own (not in answer to the peer's)."""
+        self._sent_code: int | None = None
         self._released: asyncio.Future[None] | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
 
@@ -173,13 +174,21 @@ class GuardedWebSocket(web.WebSocketResponse):
             # aiohttp's own refusals (1007, 1009, …) close from receive(): send what is owed first
             if self.guard is None or not self.guard.peer_gone:
                 await self.before_close()
-        peer_code = self.close_code
+        peer_code = self._close_code
         if self._closing and not self.closed and code == 1000 and peer_code and close_code_allowed(peer_code):
             code = peer_code
+        if not self._closing and not self.closed:
+            self._sent_code = code
         closed = await super().close(code=code, message=message, drain=drain)
         if self._released is not None:
             await asyncio.shield(self._released)
         return closed
+
+    @property
+    def close_code(self) -> int | None:
+        """The code of the close this side started (aiohttp says 1006 after its own 1007 or 1009),
+        else aiohttp's: the peer's code, or 1006 for no close handshake."""
+        return self._sent_code or super().close_code
 
     async def messages(self) -> AsyncIterator[WSMessage]:
         """The peer's messages until the socket closes.
