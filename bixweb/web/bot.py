@@ -21,6 +21,7 @@ from bixweb.model import CHANNELS, TICKER, stream_key
 from bixweb.web import gate
 from bixweb.web.connection import CLOSE_POLICY, Connection
 from bixweb.web.service import SERVICE, Service, now_ms
+from bixweb.web.upgrade import GuardedWebSocket, guard_connection, version_refusal
 
 log = logging.getLogger("bixweb.bot")
 
@@ -268,7 +269,10 @@ async def _serve(request: web.Request, service: Service) -> web.StreamResponse:
         streams = initial_streams(request.query, service.market.symbols, settings.max_subscriptions)
     except ProtocolError as exc:
         return web.json_response({"code": exc.code, "message": exc.message, "path": exc.path}, status=400)
-    ws = web.WebSocketResponse(
+    refused = version_refusal(request, service, "bot")
+    if refused is not None:
+        return refused
+    ws = GuardedWebSocket(
         heartbeat=settings.heartbeat, max_msg_size=settings.max_message_bytes, compress=settings.bot_compression
     )
     if not ws.can_prepare(request).ok:
@@ -296,10 +300,11 @@ async def _serve(request: web.Request, service: Service) -> web.StreamResponse:
         service.closed(conn, ws.close_code)
         return ws
     conn.start()
+    guard_connection(ws, conn)
     event(log, logging.INFO, "connected", kind="bot", session=conn.session, peer=conn.peer, streams=len(streams),
           compressed=bool(ws.compress))
     try:
-        async for msg in ws:
+        async for msg in ws.messages():
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 session.receive(msg.data)
     finally:
@@ -308,5 +313,5 @@ async def _serve(request: web.Request, service: Service) -> web.StreamResponse:
         service.closed(conn, code)
         await conn.stop()
         event(log, logging.INFO, "disconnected", kind="bot", session=conn.session, peer=conn.peer, code=code,
-              reason=conn.close_reason, frames=conn.frames_sent, bytes=conn.bytes_sent)
+              reason=conn.close_reason or ws.lost_reason, frames=conn.frames_sent, bytes=conn.bytes_sent)
     return ws

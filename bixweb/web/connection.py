@@ -267,39 +267,67 @@ class Connection:
         return self.outbox.take()
 
     def close_soon(self, code: int, reason: str) -> None:
-        """Start closing with ``code``; returns at once."""
+        """Start closing with ``code``; returns at once.
+
+        A policy close (a flood, a protocol error, a restart) first sends
+        what the peer is owed, such as the ``rate_limited`` errors before a
+        1008; a slow consumer (``overflow_code``) is owed nothing, since it
+        does not read.
+        """
         if self.close_reason is not None:
             return
         self.close_reason = reason
         self.close_code = code
-        self.outbox.clear()
-        if self._writer is not None:
-            self._writer.cancel()
+        if code == self.overflow_code:
+            self.outbox.clear()
+            self.backlog.clear()
+            if self._writer is not None:
+                self._writer.cancel()
         self._closer = asyncio.create_task(self._close(code, reason), name=f"close-{self.session}")
+
+    async def flush_owed(self, deadline: float | None = None) -> None:
+        """Before a close frame: let the writer send what the outbox holds, until ``deadline``
+        (loop time; ``close_timeout`` from now by default). Nothing for a slow consumer."""
+        if self.close_code == self.overflow_code:
+            return
+        loop = asyncio.get_running_loop()
+        if self.outbox and self._writer is None and self._started:
+            self._wake_writer()
+        if (writer := self._writer) is not None:
+            if deadline is None:
+                deadline = loop.time() + self.close_timeout
+            # asyncio.wait: the writer may be cancelled by stop(), which must not cancel the close
+            done, _ = await asyncio.wait({writer}, timeout=max(0.0, deadline - loop.time()))
+            if not done:  # a peer that did not take what it is owed by the deadline
+                writer.cancel()
+                self.outbox.clear()
 
     async def _close(self, code: int, reason: str) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.close_timeout
+        await self.flush_owed(deadline)
         try:
-            async with asyncio.timeout(self.close_timeout):
+            async with asyncio.timeout_at(deadline):
                 await self.ws.close(code=code, message=reason.encode(), drain=False)
         except (TimeoutError, ConnectionError, RuntimeError):
             pass
-        if code != self.overflow_code:
-            return  # aiohttp has closed the transport; what is buffered still goes out
-        # A slow consumer: give the close frame until the deadline to get through its
-        # backlog, then drop the socket; a graceful close would wait forever to flush.
         transport = self.request.transport
         if transport is None:
             return
+        # Give the close frame until the deadline to get through what is buffered, then drop
+        # the socket: closing a transport whose peer does not read would wait forever to flush.
         while not transport.is_closing() or transport.get_write_buffer_size():
             if loop.time() >= deadline:
                 break
             await asyncio.sleep(0.05)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:  # reset, so the kernel drops its send queue too
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            if code != self.overflow_code:
+                return  # flushed: the socket closes gracefully, after the peer's close frame
+        if code == self.overflow_code:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # reset, so the kernel drops its send queue too
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         transport.abort()
 
     async def stop(self) -> None:

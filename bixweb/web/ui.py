@@ -25,6 +25,7 @@ from bixweb.render import PageView, Status
 from bixweb.web import gate
 from bixweb.web.connection import CLOSE_POLICY, CLOSE_TRY_AGAIN, Connection
 from bixweb.web.service import SERVICE, Service, now_ms
+from bixweb.web.upgrade import GuardedWebSocket, guard_connection, version_refusal
 
 log = logging.getLogger("bixweb.ui")
 
@@ -79,7 +80,10 @@ async def ui_socket(request: web.Request) -> web.StreamResponse:
 
 async def _serve(request: web.Request, service: Service, page: str) -> web.StreamResponse:
     settings = service.settings
-    ws = web.WebSocketResponse(
+    refused = version_refusal(request, service, "ui")
+    if refused is not None:
+        return refused
+    ws = GuardedWebSocket(
         heartbeat=settings.heartbeat, max_msg_size=settings.max_message_bytes, compress=settings.ui_compression
     )
     if not ws.can_prepare(request).ok:
@@ -93,14 +97,15 @@ async def _serve(request: web.Request, service: Service, page: str) -> web.Strea
     )
     service.opened(conn)
     conn.start()
+    guard_connection(ws, conn)
     service.ui_hub.add(conn, view.fragments())
     conn.send(dashboard.page_frame(view, current_status(service)))
     limiter = InboundLimiter(settings.max_messages_per_s, time.monotonic())
     event(log, logging.INFO, "connected", kind="ui", session=conn.session, peer=conn.peer,
           compressed=bool(ws.compress))
     try:
-        async for msg in ws:
-            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+        async for msg in ws.messages():
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY) or conn.closing:
                 continue
             verdict = limiter.check(time.monotonic())
             if verdict == "close":
@@ -116,7 +121,7 @@ async def _serve(request: web.Request, service: Service, page: str) -> web.Strea
         service.closed(conn, code)
         await conn.stop()
         event(log, logging.INFO, "disconnected", kind="ui", session=conn.session, peer=conn.peer, code=code,
-              reason=conn.close_reason, frames=conn.frames_sent, bytes=conn.bytes_sent)
+              reason=conn.close_reason or ws.lost_reason, frames=conn.frames_sent, bytes=conn.bytes_sent)
     return ws
 
 
