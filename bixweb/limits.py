@@ -54,36 +54,47 @@ REFUSAL_LOG_INTERVAL = 10.0
 """Seconds between two log lines about one connection's refused messages."""
 
 
+MAX_CHARGE = 0.5
+"""The most one message's CPU time may cost, as a share of the burst: a garbage-collection pause
+or a large snapshot throttles a polite bot for a moment, never locks it out."""
+
+
 class InboundLimiter:
     """Client messages: ``ok``, ``refuse`` (answer ``rate_limited`` unparsed) or ``close`` (1008).
 
     A budget of ``rate`` tokens per second, twice that at once. Each message
     takes one token when it arrives (:meth:`check`); after it was handled the
-    caller reports its cost (:meth:`charge`): the CPU time it took, and
-    whether it was refused. So the limit is on work, not only on count: big
-    or failing messages hold back the ones after them. More than a burst's
-    worth of refusals since the last message that was handled without error
-    is a flood, and closes the connection.
+    caller reports its cost (:meth:`charge`): the CPU time it took (at most
+    :data:`MAX_CHARGE` of the burst), and whether it was refused. So the
+    limit is on work, not only on count: big or failing messages hold back
+    the ones after them.
+
+    Refusals draw on a second bucket of the same size and rate (``strikes``):
+    one for each message refused for want of tokens, :data:`REFUSAL_COST` for
+    each that was handled and refused. A client whose refusals come faster
+    than the rate, for longer than a burst's worth, is a flood and is closed;
+    one that only goes over the rate now and then, or sends a bad message
+    now and then, never is.
     """
 
-    __slots__ = ("bucket", "denied", "refusals")
+    __slots__ = ("bucket", "strikes", "refusals")
 
     def __init__(self, rate: float, now: float) -> None:
         self.bucket = TokenBucket(rate, rate * 2, now)
-        self.denied = 0
+        self.strikes = TokenBucket(rate, rate * 2, now)
         self.refusals = LogThrottle(REFUSAL_LOG_INTERVAL)
 
     def check(self, now: float) -> Literal["ok", "refuse", "close"]:
         if self.bucket.allow(now):
             return "ok"
-        self.denied += 1
-        return "close" if self.denied > self.bucket.burst else "refuse"
+        return "refuse" if self.strikes.allow(now) else "close"
 
     def charge(self, now: float, cpu_seconds: float, *, failed: bool) -> None:
         """What a message let through by :meth:`check` cost: ``cpu_seconds``, and ``failed`` if refused."""
-        self.bucket.spend(now, cpu_seconds * TOKENS_PER_CPU_SECOND + (REFUSAL_COST if failed else 0.0))
-        if not failed:
-            self.denied = 0
+        work = min(cpu_seconds * TOKENS_PER_CPU_SECOND, self.bucket.burst * MAX_CHARGE)
+        self.bucket.spend(now, work + (REFUSAL_COST if failed else 0.0))
+        if failed:
+            self.strikes.spend(now, REFUSAL_COST)
 
     def refused(self, now: float) -> int | None:
         """Count one refused message; how many to log now (the first, then one line per interval), else None."""

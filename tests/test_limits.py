@@ -5,7 +5,6 @@ from __future__ import annotations
 from bixweb.limits import (
     REFUSAL_COST,
     REFUSAL_LOG_INTERVAL,
-    TOKENS_PER_CPU_SECOND,
     ConnectionLimits,
     InboundLimiter,
     LogThrottle,
@@ -103,17 +102,28 @@ def test_handled_messages_reset_the_refusal_count_so_a_busy_good_client_is_not_c
         now = n / 30
         if limiter.check(now) == "ok":
             limiter.charge(now, 0.0001, failed=False)
-        assert limiter.denied <= limiter.bucket.burst
+        assert limiter.strikes.tokens(now) >= limiter.bucket.burst / 2
     assert limiter.check(2_000 / 30 + 5) == "ok"
 
 
 def test_cpu_time_is_charged_so_costly_messages_hold_back_the_next_ones() -> None:
     limiter = InboundLimiter(rate=20, now=0.0)
     assert limiter.check(0.0) == "ok"
-    limiter.charge(0.0, 0.050, failed=False)  # 50 ms of work: 50 tokens, more than the burst
+    limiter.charge(0.0, 0.050, failed=False)  # 50 ms of work: charged half the burst (20 tokens), not 50
+    assert limiter.check(0.0) == "ok"  # a pause or a big snapshot does not lock a polite bot out
+    limiter.charge(0.0, 0.050, failed=False)  # again: 40 - 1 - 20 - 1 - 20 = -2 tokens
     assert limiter.check(0.0) == "refuse"
-    assert limiter.check(0.5) == "refuse"  # 10 tokens back, still in debt
-    assert limiter.check(0.6 + 1 / TOKENS_PER_CPU_SECOND) == "ok"
+    assert limiter.check(0.1) == "refuse"  # 2 tokens back, none to spare
+    assert limiter.check(0.1 + 1.5 / 20) == "ok"
+
+
+def test_a_flood_is_closed_after_a_burst_of_refusals_but_an_occasional_excess_never() -> None:
+    limiter = InboundLimiter(rate=20, now=0.0)
+    verdicts = [limiter.check(0.0) for _ in range(100)]  # 100 at once
+    assert verdicts.count("ok") == 40 and verdicts[40:80] == ["refuse"] * 40 and verdicts[80] == "close"
+    limiter = InboundLimiter(rate=20, now=0.0)
+    for n in range(3_000):  # 25 a second for two minutes: a fifth refused, forever
+        assert limiter.check(n / 25) != "close"
 
 
 def test_refusals_are_logged_first_then_counted_per_interval() -> None:

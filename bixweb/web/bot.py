@@ -17,7 +17,7 @@ from bixweb.errors import ProtocolError
 from bixweb.hub import Backlog, Outbox
 from bixweb.limits import InboundLimiter
 from bixweb.logs import event
-from bixweb.model import CHANNELS, TICKER, stream_key
+from bixweb.model import CHANNELS, REPLAYED, TICKER, stream_key
 from bixweb.web import gate
 from bixweb.web.connection import CLOSE_POLICY, Connection
 from bixweb.web.service import SERVICE, Service, now_ms
@@ -70,13 +70,14 @@ class BotSession:
     def backlog_limit(self) -> int:
         """Messages of earlier snapshots and replays a bot may leave unread and still be sent more.
 
-        One replay of its whole subscription (``replay_depth`` per stream) and
-        an outbox's worth on top: a bot that resumes in several requests
+        One replay of its whole subscription (``replay_depth`` per trades or alerts stream, one message
+        per state stream) and an outbox's worth on top: a bot that resumes in several requests
         without waiting for the answers stays within it; one that asks again
         and again without reading does not.
         """
         settings = self.service.settings
-        return settings.outbox_messages + settings.replay_depth * len(self.streams)
+        replayed = sum(channel in REPLAYED for channel, _ in self.streams)  # the others replay their latest
+        return settings.outbox_messages + settings.replay_depth * replayed + len(self.streams) - replayed
 
     def _subscribe(self, streams: list[tuple[str, str]]) -> list[tuple[str, str]]:
         added = [s for s in streams if s not in self.streams]

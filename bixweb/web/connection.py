@@ -114,6 +114,8 @@ class Connection:
         self._started = False
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
+        self._flushed = False
+        """What was owed has been flushed before a close frame (it is done once)."""
 
     @property
     def peer(self) -> str:
@@ -245,8 +247,8 @@ class Connection:
         ws, outbox, backlog = self.ws, self.outbox, self.backlog
         try:
             while True:
-                paced = bool(backlog)
-                frame = self._backlog_frame() if paced else outbox.take()
+                paced = bool(backlog)  # closing too: what was replayed is owed before what came after it
+                frame = backlog.take() if paced else outbox.take()
                 if frame is None:
                     break
                 await ws.send_frame(frame, WSMsgType.TEXT)  # waits while the peer's buffer is full
@@ -259,12 +261,6 @@ class Connection:
         finally:
             if self._writer is asyncio.current_task():
                 self._writer = None
-
-    def _backlog_frame(self) -> bytes | None:
-        if self.close_reason is None:
-            return self.backlog.take()
-        self.backlog.clear()  # closing: the rest would never be read
-        return self.outbox.take()
 
     def close_soon(self, code: int, reason: str) -> None:
         """Start closing with ``code``; returns at once.
@@ -286,26 +282,38 @@ class Connection:
         self._closer = asyncio.create_task(self._close(code, reason), name=f"close-{self.session}")
 
     async def flush_owed(self, deadline: float | None = None) -> None:
-        """Before a close frame: let the writer send what the outbox holds, until ``deadline``
-        (loop time; ``close_timeout`` from now by default). Nothing for a slow consumer."""
-        if self.close_code == self.overflow_code:
+        """Before a close frame: let the writer send what is owed (backlog, then outbox), once,
+        until ``deadline`` (loop time; half of ``close_timeout`` from now by default, so the close
+        frame and the wait for the peer's keep the other half). Nothing for a slow consumer."""
+        if self._flushed or self.close_code == self.overflow_code:
             return
+        self._flushed = True
         loop = asyncio.get_running_loop()
-        if self.outbox and self._writer is None and self._started:
+        if (self.outbox or self.backlog) and self._writer is None and self._started:
             self._wake_writer()
         if (writer := self._writer) is not None:
             if deadline is None:
-                deadline = loop.time() + self.close_timeout
+                deadline = loop.time() + self.close_timeout / 2
             # asyncio.wait: the writer may be cancelled by stop(), which must not cancel the close
             done, _ = await asyncio.wait({writer}, timeout=max(0.0, deadline - loop.time()))
             if not done:  # a peer that did not take what it is owed by the deadline
                 writer.cancel()
                 self.outbox.clear()
+                self.backlog.clear()
+                await asyncio.wait({writer})  # ended, so nothing more follows the close frame
+
+    async def closing_by_protocol(self, code: int) -> None:
+        """aiohttp is about to close with ``code`` on its own (a frame too big, text not UTF-8):
+        take nothing more for this peer, then send what it is owed."""
+        if self.close_reason is None:
+            self.close_reason = "refused frame"
+            self.close_code = code
+        await self.flush_owed()
 
     async def _close(self, code: int, reason: str) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.close_timeout
-        await self.flush_owed(deadline)
+        await self.flush_owed(loop.time() + self.close_timeout / 2)
         try:
             async with asyncio.timeout_at(deadline):
                 await self.ws.close(code=code, message=reason.encode(), drain=False)

@@ -235,6 +235,10 @@ def origin_access(request: web.Request, service: Service, *, kind: str = "ui") -
     return None
 
 
+LOGGED_CHARS = 64
+"""Characters of each query key and value the access log keeps: enough to read, not a client's payload."""
+LOGGED_PATH_CHARS = 512
+
 REDACTED_QUERY = frozenset({"token", "page"})
 """Query values that grant something (a bot token; a dashboard page, whose view it names)."""
 
@@ -251,8 +255,10 @@ class AccessLog(AbstractAccessLogger):
         conn = request.protocol
         trusted = conn.door.service.trusted_proxies if isinstance(conn, CountedHandler) else ()
         query = "&".join(
-            f"{key}={'***' if key in REDACTED_QUERY else value}" for key, value in request.query.items()
+            f"{key[:LOGGED_CHARS]}={'***' if key in REDACTED_QUERY else value[:LOGGED_CHARS]}"
+            for key, value in request.query.items()
         )
+        path = request.path + (f"?{query}" if query else "")
         event(self.logger, logging.INFO, "request", peer=forwarded(request.remote, request.headers, trusted).client,
-              method=request.method, path=request.path + (f"?{query}" if query else ""), status=response.status,
+              method=request.method, path=path[:LOGGED_PATH_CHARS], status=response.status,
               bytes=response.body_length, ms=round(time * 1000, 1))

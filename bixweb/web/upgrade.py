@@ -119,7 +119,7 @@ class GuardedWebSocket(web.WebSocketResponse):
         self.guard: FrameGuard | None = None
         self.lost_reason: str | None = None
         """Why the socket ended without a close handshake, if it did."""
-        self.before_close: Callable[[], Awaitable[None]] | None = None
+        self.before_close: Callable[[int], Awaitable[None]] | None = None
         """Awaited before a close frame the server sends on its own (not in answer to the peer's)."""
         self._sent_code: int | None = None
         self._released: asyncio.Future[None] | None = None
@@ -173,7 +173,7 @@ class GuardedWebSocket(web.WebSocketResponse):
         if self.before_close is not None and not self.closed and not self._closing:
             # aiohttp's own refusals (1007, 1009, …) close from receive(): send what is owed first
             if self.guard is None or not self.guard.peer_gone:
-                await self.before_close()
+                await self.before_close(code)
         peer_code = self._close_code
         if self._closing and not self.closed and code == 1000 and peer_code and close_code_allowed(peer_code):
             code = peer_code
@@ -222,4 +222,4 @@ def guard_connection(ws: GuardedWebSocket, conn: Connection) -> None:
     if ws.guard is None:
         raise RuntimeError("the socket is not prepared")
     ws.guard.on_violation = close
-    ws.before_close = conn.flush_owed
+    ws.before_close = conn.closing_by_protocol
