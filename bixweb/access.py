@@ -23,6 +23,8 @@ def networks(texts: Iterable[str]) -> tuple[Network, ...]:
 
 
 def within(address: str, trusted: tuple[Network, ...]) -> bool:
+    if not trusted:  # asked of every connection: no address to parse when nothing is trusted
+        return False
     try:
         ip = ipaddress.ip_address(address.strip().strip("[]"))
     except ValueError:

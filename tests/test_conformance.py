@@ -277,3 +277,30 @@ def test_the_checker_finds_a_bad_close_code_split_across_reads() -> None:
     violation = checker.feed(data[len(data) - 3 :])
     assert violation is not None and violation.reason == "close code 1006 is not allowed on the wire"
     assert violation.offset == 0 and checker.peer_closed
+
+
+async def test_a_ping_flood_is_closed_with_1008_and_a_heartbeat_never(aiohttp_server: ServerFactory) -> None:
+    """aiohttp answers pings inside its reader, where the message budget cannot see them: the frame
+    guard gives them their own (``CONTROL_FRAMES_BURST`` at once, ``CONTROL_FRAMES_PER_S`` after)."""
+    from bixweb.web.upgrade import CONTROL_FRAMES_BURST
+
+    server = await serve(aiohttp_server)
+    burst = int(CONTROL_FRAMES_BURST)
+    async with canary_on(server) as canary:
+        start = time.monotonic()
+        polite = await RawSocket.open(server, BOT)
+        polite.writer.write(frame(PING, b"hb") * (burst // 2))  # half the burst: a client that pings a lot
+        flooders = [await RawSocket.open(server, path) for path in (BOT, BOT, UI, UI)]
+        for raw in flooders:
+            raw.writer.write(frame(PING, b"x") * (burst * 20))
+        codes = await asyncio.gather(*(raw.close_code() for raw in flooders))
+        for raw in flooders:
+            await raw.finish()
+        assert codes == [1008] * 4, codes
+        pongs = 0
+        while pongs < burst // 2:  # every one of the polite client's pings is answered, and it stays open
+            opcode, payload = await polite.read_frame()
+            assert opcode != CLOSE
+            pongs += opcode == 0xA and payload == b"hb"
+        await polite.finish()
+        assert canary.longest_gap(start) < CANARY_GAP_S

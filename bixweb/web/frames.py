@@ -46,9 +46,11 @@ class FrameChecker:
     :attr:`peer_closed` still tells when the peer's close frame arrives.
     """
 
-    __slots__ = ("peer_closed", "violation", "_head", "_skip")
+    __slots__ = ("control_frames", "peer_closed", "violation", "_head", "_skip")
 
     def __init__(self) -> None:
+        self.control_frames = 0
+        """Pings and pongs seen so far: aiohttp answers pings itself, so their rate is bounded by the caller."""
         self.peer_closed = False
         """The peer has sent a close frame: it sends nothing more."""
         self.violation: Violation | None = None
@@ -85,6 +87,8 @@ class FrameChecker:
                 length = data[pos + 2] << 8 | data[pos + 3]
             elif length == 127:
                 length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+            if opcode & 0x8:
+                self.control_frames += 1
             if not second & 0x80 or opcode == OP_CLOSE:
                 reason = self._refusal(data, pos, size, length, opcode)
                 if reason is not None and self.violation is None:
