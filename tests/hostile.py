@@ -8,6 +8,7 @@ for ``/ws/ui``). It imports only those two functions, so it runs on older code t
 
 from __future__ import annotations
 
+import json
 import statistics
 import string
 import sys
@@ -23,6 +24,17 @@ MAX_FRAME = 16_384
 
 ZEROS_FRAME = '{"type":"subscribe","symbols":[' + ",".join(["0"] * 8_100) + '],"channels":["ticker"]}'
 """The frame of issue 12: 16,254 bytes, 8,101 schema errors (8,100 wrong types and one maxItems)."""
+
+
+def largest_valid_subscribe() -> str:
+    """A ``subscribe`` at every bound of its schema (200 symbols, 16 channels, 1,000 ``since.seq``
+    entries, a 64-character id): the costliest message the server must accept."""
+    from bixweb.model import CHANNELS
+
+    streams = [f"{channel}:S{n:04d}" for n in range(125) for channel in CHANNELS]  # 1,000: the schema's maximum
+    message = {"type": "subscribe", "id": "x" * 64, "symbols": ["*"] + [f"S{n:04d}" for n in range(199)],
+               "channels": list(CHANNELS) * 2, "since": {"epoch": 1, "seq": dict.fromkeys(streams, 2**63)}}
+    return json.dumps(message)
 
 
 def names(count: int) -> Iterator[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import statistics
 import time
@@ -26,7 +27,6 @@ from aiohttp.test_utils import TestClient
 
 from bixweb import protocol
 from bixweb.errors import ProtocolError
-from bixweb.model import CHANNELS
 from bixweb.validation import MAX_NESTING, MAX_VALUES, SchemaSet, count_values, json_path
 from bixweb.web.app import create_app
 from tests import hostile
@@ -35,7 +35,18 @@ from tests.support import ServerProcess, fast_settings, unwrap
 Factory = Callable[..., Any]
 
 CPU_BOUND_US = 1_000.0
-"""The issue's bound: no message, valid or not, costs more than ~1 ms of server CPU."""
+"""The issue's bound: no message, valid or not, costs more than ~1 ms of server CPU (on this machine)."""
+REFERENCE_US_HERE = 650.0
+"""What the largest valid message costs to parse on the 2-core development machine (2026-12-01, min
+of 15): a slower machine, or a run under coverage, scales the bound by its own figure for it."""
+
+
+@functools.cache
+def cpu_bound_us() -> float:
+    """:data:`CPU_BOUND_US` on this machine, in this run: hostile messages are held to what the
+    largest message the server must accept costs here, not to a timing of another machine."""
+    reference = hostile.cost_us(protocol.parse_client_message, hostile.largest_valid_subscribe(), statistic=min)
+    return CPU_BOUND_US * max(1.0, reference / REFERENCE_US_HERE)
 LATENCY_BOUND_S = 0.050
 """The issue's bound on /healthz and canary lag, p99."""
 HOSTILE_RATE = 18.0
@@ -88,14 +99,18 @@ def test_the_8101_error_frame_is_refused_before_it_is_parsed() -> None:
     ('{"a": "\\\\", "b": 2}', 2), ("[]", 1),
 ])
 def test_values_are_counted_outside_strings(text: str, values: int) -> None:
-    assert count_values(text) == values
+    padding = " " + "[]," * MAX_VALUES  # over the bound, so the count is the exact one, strings left out
+    assert count_values(f"[{text},{padding}0]") == values + 2 * MAX_VALUES + 2
+    assert values <= count_values(text) <= values + text.count(",") + text.count("[") + text.count("{")
+
+
+def test_commas_in_strings_never_make_a_message_too_big() -> None:
+    note = "," * 15_000  # within one 16 KB frame: far more commas than MAX_VALUES, all in a string
+    assert count_values(json.dumps({"type": "ping", "id": 1, "note": note})) <= 3
 
 
 def test_the_largest_valid_messages_are_within_the_bounds() -> None:
-    streams = [f"{channel}:S{n:04d}" for n in range(125) for channel in CHANNELS]  # 1,000: the schema's maximum
-    message = {"type": "subscribe", "id": "x" * 64, "symbols": ["*"] + [f"S{n:04d}" for n in range(199)],
-               "channels": list(CHANNELS) * 2, "since": {"epoch": 1, "seq": dict.fromkeys(streams, 2**63)}}
-    frame = json.dumps(message)
+    frame = hostile.largest_valid_subscribe()
     assert count_values(frame) <= MAX_VALUES
     assert isinstance(protocol.parse_client_message(frame), protocol.Subscribe)
     assert isinstance(protocol.parse_client_message(json.dumps({"type": "ping", "id": [[[[]]]]} | {"id": 1})),
@@ -125,14 +140,14 @@ def test_each_hostile_bot_message_costs_under_a_millisecond(name: str) -> None:
     assert len(frame.encode()) <= hostile.MAX_FRAME
     with pytest.raises(ProtocolError):
         protocol.parse_client_message(frame)
-    assert hostile.cost_us(hostile.bot_parse, frame, statistic=min) <= CPU_BOUND_US  # min: the work, not the noise
+    assert hostile.cost_us(hostile.bot_parse, frame, statistic=min) <= cpu_bound_us()  # min: the work
 
 
 @pytest.mark.parametrize("name", list(hostile.UI))
 def test_each_hostile_dashboard_message_costs_under_a_millisecond(name: str) -> None:
     frame = hostile.UI[name]
     assert len(frame.encode()) <= hostile.MAX_FRAME
-    assert hostile.cost_us(hostile.ui_parse, frame, statistic=min) <= CPU_BOUND_US
+    assert hostile.cost_us(hostile.ui_parse, frame, statistic=min) <= cpu_bound_us()
 
 
 # -- the real app under hostile clients ------------------------------------------------------
