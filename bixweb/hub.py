@@ -153,9 +153,7 @@ class Backlog:
 
     def __init__(self, *, encode: Callable[[Message], bytes] = protocol.encode, join: Join = protocol.batch_frame,
                  chunk: int = 256) -> None:
-        self._items: list[tuple[bytes, int] | list[Message]] = []
-        """A list, not a deque: it holds a few items at most, and an empty deque costs 600 bytes
-        on every connection."""
+        self._items: deque[tuple[bytes, int] | list[Message]] = deque()
         """Ready-made frames with their message counts, and replays."""
         self._position = 0
         """Messages of the first replay already taken."""
@@ -197,7 +195,7 @@ class Backlog:
             return None
         head = self._items[0]
         if isinstance(head, tuple):
-            del self._items[0]
+            self._items.popleft()
             frame, count = head
             self.size -= len(frame)
             self._count_taken(count)
@@ -206,7 +204,7 @@ class Backlog:
         chunk = head[start:start + self.chunk]
         self._position += len(chunk)
         if self._position >= len(head):
-            del self._items[0]
+            self._items.popleft()
             self._position = 0
         self._count_taken(len(chunk))
         return self.join([self.encode(message) for message in chunk])

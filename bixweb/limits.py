@@ -47,8 +47,9 @@ REFUSAL_COST = 4.0
 a quarter of the rate, and is closed if it keeps sending."""
 
 TOKENS_PER_CPU_SECOND = 1_000.0
-"""One token per millisecond of server CPU a message took: a client may use at most
-``rate`` ms of CPU per second (2 % of a core at the default 20/s)."""
+"""One token per millisecond of server CPU a message took (at most :data:`MAX_CHARGE` of the burst
+for one message): a client of messages that cost up to that much uses at most ``rate`` ms of CPU per
+second (2 % of a core at the default 20/s); costlier ones still get one through every second."""
 
 REFUSAL_LOG_INTERVAL = 10.0
 """Seconds between two log lines about one connection's refused messages."""

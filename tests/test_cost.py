@@ -36,16 +36,23 @@ Factory = Callable[..., Any]
 
 CPU_BOUND_US = 1_000.0
 """The issue's bound: no message, valid or not, costs more than ~1 ms of server CPU (on this machine)."""
-REFERENCE_US_HERE = 650.0
-"""What the largest valid message costs to parse on the 2-core development machine (2026-12-01, min
-of 15): a slower machine, or a run under coverage, scales the bound by its own figure for it."""
+REFERENCE_US_HERE = 1_900.0
+"""What :func:`reference_work` costs on the 2-core development machine (2026-12-01, min of 15): a
+slower machine, or a run under coverage, scales the bound by its own figure for it."""
+
+
+def reference_work() -> None:
+    """Plain interpreter work, nothing of bixweb's: it slows with the machine and under a tracer."""
+    total = 0
+    for n in range(20_000):
+        total += n * n % 7
 
 
 @functools.cache
 def cpu_bound_us() -> float:
-    """:data:`CPU_BOUND_US` on this machine, in this run: hostile messages are held to what the
-    largest message the server must accept costs here, not to a timing of another machine."""
-    reference = hostile.cost_us(protocol.parse_client_message, hostile.largest_valid_subscribe(), statistic=min)
+    """:data:`CPU_BOUND_US` on the machine running the test: as much slower as it runs plain Python
+    slower than the development machine (never tighter)."""
+    reference = hostile.cost_us(lambda _: reference_work(), "", statistic=min)
     return CPU_BOUND_US * max(1.0, reference / REFERENCE_US_HERE)
 LATENCY_BOUND_S = 0.050
 """The issue's bound on /healthz and canary lag, p99."""
@@ -141,6 +148,12 @@ def test_each_hostile_bot_message_costs_under_a_millisecond(name: str) -> None:
     with pytest.raises(ProtocolError):
         protocol.parse_client_message(frame)
     assert hostile.cost_us(hostile.bot_parse, frame, statistic=min) <= cpu_bound_us()  # min: the work
+
+
+def test_the_largest_valid_message_costs_under_a_millisecond() -> None:
+    frame = hostile.largest_valid_subscribe()
+    assert isinstance(protocol.parse_client_message(frame), protocol.Subscribe)
+    assert hostile.cost_us(protocol.parse_client_message, frame, statistic=min) <= cpu_bound_us()
 
 
 @pytest.mark.parametrize("name", list(hostile.UI))

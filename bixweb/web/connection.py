@@ -114,8 +114,8 @@ class Connection:
         self._started = False
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
-        self._flushed = False
-        """What was owed has been flushed before a close frame (it is done once)."""
+        self._flush: asyncio.Task[None] | None = None
+        """Sends what is owed before a close frame; there is one, however many ask for it."""
 
     @property
     def peer(self) -> str:
@@ -284,18 +284,26 @@ class Connection:
     async def flush_owed(self, deadline: float | None = None) -> None:
         """Before a close frame: let the writer send what is owed (backlog, then outbox), once,
         until ``deadline`` (loop time; half of ``close_timeout`` from now by default, so the close
-        frame and the wait for the peer's keep the other half). Nothing for a slow consumer."""
-        if self._flushed or self.close_code == self.overflow_code:
+        frame and the wait for the peer's keep the other half). Nothing for a slow consumer.
+
+        A second caller (aiohttp closing on its own while a policy close flushes) waits for the
+        same flush, so no close frame goes out in the middle of it."""
+        if self.close_code == self.overflow_code:
             return
-        self._flushed = True
-        loop = asyncio.get_running_loop()
+        if self._flush is None:
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + self.close_timeout / 2
+            self._flush = asyncio.create_task(self._flush_until(deadline), name=f"flush-{self.session}")
+        # asyncio.wait: a caller cancelled meanwhile must not cancel the flush under the other
+        await asyncio.wait({self._flush})
+
+    async def _flush_until(self, deadline: float) -> None:
         if (self.outbox or self.backlog) and self._writer is None and self._started:
             self._wake_writer()
         if (writer := self._writer) is not None:
-            if deadline is None:
-                deadline = loop.time() + self.close_timeout / 2
             # asyncio.wait: the writer may be cancelled by stop(), which must not cancel the close
-            done, _ = await asyncio.wait({writer}, timeout=max(0.0, deadline - loop.time()))
+            done, _ = await asyncio.wait({writer}, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
             if not done:  # a peer that did not take what it is owed by the deadline
                 writer.cancel()
                 self.outbox.clear()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Final
 
 PROTOCOL_ERROR: Final = 1002
+POLICY_VIOLATION: Final = 1008
 OP_CLOSE: Final = 0x8
 
 _WIRE_CLOSE_CODES: Final = frozenset((1000, 1001, 1002, 1003, *range(1007, 1015)))
@@ -46,11 +47,14 @@ class FrameChecker:
     :attr:`peer_closed` still tells when the peer's close frame arrives.
     """
 
-    __slots__ = ("control_frames", "peer_closed", "violation", "_head", "_skip")
+    __slots__ = ("control_allowance", "control_frames", "peer_closed", "violation", "_head", "_skip")
 
     def __init__(self) -> None:
         self.control_frames = 0
-        """Pings and pongs seen so far: aiohttp answers pings itself, so their rate is bounded by the caller."""
+        """Pings and pongs seen by the last :meth:`feed`."""
+        self.control_allowance = -1
+        """Pings and pongs the next :meth:`feed` may pass (aiohttp answers pings itself, so the
+        caller budgets them); past it the frame is a :data:`POLICY_VIOLATION`. -1: no limit."""
         self.peer_closed = False
         """The peer has sent a close frame: it sends nothing more."""
         self.violation: Violation | None = None
@@ -69,6 +73,8 @@ class FrameChecker:
             data, end, self._head = self._head + data[pos:], carried + end - pos, b""
             pos = 0
         found: Violation | None = None
+        self.control_frames = 0
+        allowance = self.control_allowance
         # one pass over the headers, inlined: this runs for every client frame
         while pos < end:
             if end - pos < 2:
@@ -87,8 +93,10 @@ class FrameChecker:
                 length = data[pos + 2] << 8 | data[pos + 3]
             elif length == 127:
                 length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-            if opcode & 0x8:
+            if opcode & 0x8 and opcode != OP_CLOSE:
                 self.control_frames += 1
+                if self.control_frames > allowance >= 0 and self.violation is None:
+                    found = self.violation = Violation(POLICY_VIOLATION, "too many pings", max(0, pos - carried))
             if not second & 0x80 or opcode == OP_CLOSE:
                 reason = self._refusal(data, pos, size, length, opcode)
                 if reason is not None and self.violation is None:

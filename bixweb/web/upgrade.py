@@ -46,7 +46,6 @@ CONTROL_FRAMES_PER_S = 40.0
 """Pings and pongs a client may send per second on average (a heartbeat needs one in 20 s):
 aiohttp parses and answers each inside its reader, where no message budget sees it."""
 CONTROL_FRAMES_BURST = 100.0
-POLICY_VIOLATION = 1008
 LINGER_S = 2.0
 """How long a closed socket keeps reading for the peer's close frame before it is closed anyway."""
 
@@ -84,19 +83,6 @@ class FrameGuard:
         self._on_peer_gone: Callable[[], None] | None = None
         self._loop = asyncio.get_running_loop()
         self._controls = TokenBucket(CONTROL_FRAMES_PER_S, CONTROL_FRAMES_BURST, self._loop.time())
-        self._controls_seen = 0
-
-    def _control_flood(self, sound: int) -> Violation | None:
-        """A 1008 once the peer's pings and pongs have spent their budget (the bytes are all sound)."""
-        new = self.checker.control_frames - self._controls_seen
-        if not new:
-            return None
-        self._controls_seen += new
-        controls = self._controls
-        controls.spend(self._loop.time(), new)
-        if controls.tokens(self._loop.time()) >= 0:
-            return None
-        return Violation(POLICY_VIOLATION, "too many pings", sound)
 
     def linger(self, on_peer_gone: Callable[[], None]) -> None:
         """Read and discard until the peer is gone, then call ``on_peer_gone``."""
@@ -106,9 +92,11 @@ class FrameGuard:
             self.protocol.resume_reading()
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        violation = self.checker.feed(data)
-        if violation is None and self._feeding:
-            violation = self._control_flood(len(data))
+        checker, controls, now = self.checker, self._controls, self._loop.time()
+        checker.control_allowance = max(0, int(controls.tokens(now))) if self._feeding else -1
+        violation = checker.feed(data)
+        if checker.control_frames:
+            controls.spend(now, checker.control_frames)
         if self._feeding:
             sound = data if violation is None else data[: violation.offset]
             if sound and self.reader.feed_data(sound)[0]:
