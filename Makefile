@@ -43,8 +43,9 @@ system-packages:             ## Debian packages the tests drive: chromium, nginx
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-lint:
+lint:                        ## ruff's lint rules and its formatting (`ruff format bixweb tests` applies it)
 	$(BIN)/ruff check bixweb tests
+	$(BIN)/ruff format --check bixweb tests
 
 typecheck:
 	$(BIN)/mypy

@@ -27,11 +27,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="bixweb: a live market-data hub. Every option can also be set by its BIXWEB_* variable.",
     )
     parser.add_argument("--version", action="version", version=f"bixweb {__version__}")
-    parser.add_argument("command", nargs="?", choices=["serve", "feed", "bench", "record"], default="serve",
-                        help="serve: run the web service (default); "
-                             "feed: own the market and publish it to --broker redis://… for web processes; "
-                             "bench: measure a server (its options: python -m bixweb bench --help); "
-                             "record: write feed events to a file (python -m bixweb record --help)")
+    parser.add_argument(
+        "command",
+        nargs="?",
+        choices=["serve", "feed", "bench", "record"],
+        default="serve",
+        help="serve: run the web service (default); "
+        "feed: own the market and publish it to --broker redis://… for web processes; "
+        "bench: measure a server (its options: python -m bixweb bench --help); "
+        "record: write feed events to a file (python -m bixweb record --help)",
+    )
     add_options(parser)
     return parser
 
@@ -77,8 +82,12 @@ async def serve(settings: Settings) -> None:
     open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     limits.total = connections_allowed(limits.total, open_files)
     if limits.total != settings.max_connections:
-        log.warning("at most %d connections: the open files limit is %d (--max-connections %d)",
-                    limits.total, open_files, settings.max_connections)
+        log.warning(
+            "at most %d connections: the open files limit is %d (--max-connections %d)",
+            limits.total,
+            open_files,
+            settings.max_connections,
+        )
     # the closing handshakes get half the bound (close_sockets), the handlers' ends the rest
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_timeout / 2)
     await runner.setup()

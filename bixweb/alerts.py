@@ -184,15 +184,18 @@ class RequestFields:
             raise self.refuse(name, f"{name} is one of {', '.join(options)}")
         return cast(str, value)
 
-    def number(self, name: str, *, above: float | None = None, at_least: float | None = None,
-               at_most: float | None = None) -> float:
+    def number(
+        self, name: str, *, above: float | None = None, at_least: float | None = None, at_most: float | None = None
+    ) -> float:
         """A finite number within the bounds, from a JSON number or a decimal string."""
         bounds = " and ".join(
-            text for text in (
+            text
+            for text in (
                 f"> {above:g}" if above is not None else "",
                 f">= {at_least:g}" if at_least is not None else "",
                 f"<= {at_most:g}" if at_most is not None else "",
-            ) if text
+            )
+            if text
         )
         wanted = f"{name} is required, a number {bounds}".rstrip()
         value = self.fields.get(name)
@@ -266,8 +269,9 @@ def rule_from_request(
     if len(existing) >= max_total:
         raise read.refuse(None, f"there are {max_total} alert rules already, the most kept", TOO_MANY_RULES)
     if sum(1 for rule in existing if rule.owner == owner) >= max_per_owner:
-        raise read.refuse(None, f"you have {max_per_owner} alert rules already, the most allowed; delete one",
-                          TOO_MANY_RULES)
+        raise read.refuse(
+            None, f"you have {max_per_owner} alert rules already, the most allowed; delete one", TOO_MANY_RULES
+        )
     symbol = read.symbol(symbols)
     condition = cast(Condition, read.choice("condition", CONDITIONS))
     level = pct = window_s = None
@@ -454,8 +458,9 @@ class AlertBook:
         for item in outgoing:
             message = item.message
             if message["type"] == "market_update":
-                result += self.observe(message["symbol"], message["data"]["price"], message["data"]["time"],
-                                       message["seq"])
+                result += self.observe(
+                    message["symbol"], message["data"]["price"], message["data"]["time"], message["seq"]
+                )
         return result
 
 

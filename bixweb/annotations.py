@@ -52,8 +52,11 @@ def annotation_from_request(
     read = RequestFields(fields, request_id=request_id)
     symbol = read.symbol(symbols)
     if sum(1 for annotation in existing if annotation.symbol == symbol) >= max_per_symbol:
-        raise read.refuse(None, f"{symbol} has {max_per_symbol} annotations already, the most allowed; delete one",
-                          TOO_MANY_ANNOTATIONS)
+        raise read.refuse(
+            None,
+            f"{symbol} has {max_per_symbol} annotations already, the most allowed; delete one",
+            TOO_MANY_ANNOTATIONS,
+        )
     price = read.number("price", above=0.0)
     label = read.text("label", MAX_LABEL_CHARS)
     return Annotation(new_id, symbol, price, label, owner, now_ms)

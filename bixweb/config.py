@@ -168,43 +168,59 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "max_messages_per_s": (_positive(float), "client messages per second allowed on average (burst: twice that)"),
     "max_subscriptions": (_positive(int), "streams (channel x symbol) per connection"),
     "outbox_messages": (
-        _positive(int), "trades and replies queued for a client before it is closed as a slow consumer (4008)"
+        _positive(int),
+        "trades and replies queued for a client before it is closed as a slow consumer (4008)",
     ),
     "outbox_bytes": (_positive(int), "bytes queued for a client before it is closed as a slow consumer"),
     "ui_rate": (_positive(float), "dashboard updates per second per fragment (latest wins)"),
     "watchlist": (_symbols, "comma-separated symbols a new dashboard page watches (default: the first six symbols)"),
     "strict": (_flag, "validate every outbound message against its schema (slow; for debugging)"),
     "trusted_proxies": (
-        _networks, "comma-separated proxy addresses or networks whose X-Forwarded-For and X-Forwarded-Proto "
-        "are believed (client address for limits and logs; https for the page's wss:// socket)"
+        _networks,
+        "comma-separated proxy addresses or networks whose X-Forwarded-For and X-Forwarded-Proto "
+        "are believed (client address for limits and logs; https for the page's wss:// socket)",
     ),
     "allowed_origins": (
-        _origins, "comma-separated origins (https://example.com) whose pages may open the dashboard socket "
-        "(default: the host the page was served from)"
+        _origins,
+        "comma-separated origins (https://example.com) whose pages may open the dashboard socket "
+        "(default: the host the page was served from)",
     ),
     "tokens": (
-        _words, "comma-separated bearer tokens the bot socket accepts; prefer the variable or "
-        "--token-file, since flags show in ps"
+        _words,
+        "comma-separated bearer tokens the bot socket accepts; prefer the variable or "
+        "--token-file, since flags show in ps",
     ),
     "token_file": (str, "file of bearer tokens for the bot socket, one per line (# comments allowed)"),
-    "open_bots": (_flag, "serve the bot socket to any address without a token (default: loopback only "
-                         "unless tokens are configured)"),
-    "max_connections": (_at_least_zero, "open connections in total (HTTP and WebSocket); more are refused with "
-                                        "HTTP 503 (0: no limit; never more than the open-files limit allows)"),
-    "max_connections_per_client": (
-        _at_least_zero, "open connections per client address; more are refused with HTTP 429 (0: no limit)"
+    "open_bots": (
+        _flag,
+        "serve the bot socket to any address without a token (default: loopback only unless tokens are configured)",
     ),
-    "header_timeout": (_positive(float), "seconds a new connection has to send a complete request head "
-                                         "before it is closed (slow or silent clients)"),
-    "keepalive_timeout": (_positive(float), "seconds an HTTP connection may stay idle between requests "
-                                            "(keep it above a proxy's upstream keep-alive)"),
+    "max_connections": (
+        _at_least_zero,
+        "open connections in total (HTTP and WebSocket); more are refused with "
+        "HTTP 503 (0: no limit; never more than the open-files limit allows)",
+    ),
+    "max_connections_per_client": (
+        _at_least_zero,
+        "open connections per client address; more are refused with HTTP 429 (0: no limit)",
+    ),
+    "header_timeout": (
+        _positive(float),
+        "seconds a new connection has to send a complete request head before it is closed (slow or silent clients)",
+    ),
+    "keepalive_timeout": (
+        _positive(float),
+        "seconds an HTTP connection may stay idle between requests (keep it above a proxy's upstream keep-alive)",
+    ),
     "bot_compression": (_flag, "offer permessage-deflate on the bot socket (costs CPU per client)"),
     "ui_compression": (_flag, "offer permessage-deflate on the dashboard socket (see docs/deployment.md: BREACH)"),
     "shutdown_timeout": (_positive(float), "seconds a SIGTERM/SIGINT shutdown may take before sockets are dropped"),
     "log_format": (_log_format, "text (key=value lines) or json (one object per line)"),
     "broker": (_broker, "memory:// (one process) or redis://host:port/db (a feed process and web processes)"),
-    "data_dir": (str, "directory of the SQLite file that keeps alert rules, alert history and annotations "
-                      "(created on first start)"),
+    "data_dir": (
+        str,
+        "directory of the SQLite file that keeps alert rules, alert history and annotations (created on first start)",
+    ),
 }
 FLAGS = frozenset(name for name, (parse, _) in OPTIONS.items() if parse is _flag)
 """Options that are switches: ``--strict`` alone means on."""
@@ -223,12 +239,14 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         default = getattr(defaults, name)
         shown = ",".join(default) if isinstance(default, tuple) else default
         if name in FLAGS:
-            parser.add_argument(flag, action="store_const", const="true", default=None,
-                                help=f"{help_text} [env {env_name(name)}]")
+            parser.add_argument(
+                flag, action="store_const", const="true", default=None, help=f"{help_text} [env {env_name(name)}]"
+            )
             continue
         default_text = f" (default: {shown})" if shown != "" else ""
-        parser.add_argument(flag, metavar=name.upper(), default=None,
-                            help=f"{help_text}{default_text} [env {env_name(name)}]")
+        parser.add_argument(
+            flag, metavar=name.upper(), default=None, help=f"{help_text}{default_text} [env {env_name(name)}]"
+        )
 
 
 def settings_from(args: argparse.Namespace | Mapping[str, Any], environ: Mapping[str, str]) -> Settings:

@@ -110,8 +110,9 @@ class PageStore:
 class Dashboard:
     """Renders live fragments once per change for every page that shows them."""
 
-    def __init__(self, market: Market, renderer: Renderer, hub: Hub, *, watchlist: Sequence[str],
-                 desk: DeskView | None = None) -> None:
+    def __init__(
+        self, market: Market, renderer: Renderer, hub: Hub, *, watchlist: Sequence[str], desk: DeskView | None = None
+    ) -> None:
         self.market = market
         self.renderer = renderer
         self.hub = hub
@@ -165,8 +166,9 @@ class Dashboard:
             raise ValueError("status is rendered by broadcast_status")
         if kind == "chart":
             symbol, interval, average, period = parse_chart_key(key)
-            return self.renderer.chart(self.market.states[symbol], interval, average, period,
-                                       self.annotations_of(symbol))
+            return self.renderer.chart(
+                self.market.states[symbol], interval, average, period, self.annotations_of(symbol)
+            )
         if kind in DESK_FRAGMENTS or kind == "annotations":
             return self.render_desk(key)
         state = self.market.states[rest]
@@ -237,8 +239,9 @@ class Dashboard:
             self.renderer.status(status),
             self.renderer.tickers((states[s] for s in view.watchlist), addable),
             self.renderer.controls(view, symbols),
-            self.renderer.chart(states[view.symbol], view.interval, view.average, view.period,
-                                self.annotations_of(view.symbol)),
+            self.renderer.chart(
+                states[view.symbol], view.interval, view.average, view.period, self.annotations_of(view.symbol)
+            ),
             self.renderer.trades(states[view.symbol]),
             self.renderer.book(states[view.symbol]),
             self.renderer.alert_form(view.symbol, available=self.desk is not None),

@@ -50,8 +50,12 @@ class Desk:
         """One-shot rules that fired but whose deletion the store refused: tried again next time
         (touched on the writer thread only)."""
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bixweb-desk")
-        log.info("alert desk: %d rules, %d alerts in history, %d annotations", len(self.book), len(self.history),
-                 len(self.annotations))
+        log.info(
+            "alert desk: %d rules, %d alerts in history, %d annotations",
+            len(self.book),
+            len(self.history),
+            len(self.annotations),
+        )
 
     def _changed(self, change: Change) -> None:
         for listener in self.listeners:
@@ -62,15 +66,24 @@ class Desk:
             return action()
         except StoreError:
             log.exception("the desk could not write to its store")
-            raise ProtocolError("storage_failed", "the server could not store that; nothing was changed",
-                                request_id=request_id) from None
+            raise ProtocolError(
+                "storage_failed", "the server could not store that; nothing was changed", request_id=request_id
+            ) from None
 
     # -- rules ---------------------------------------------------------------
 
-    def create_rule(self, fields: Mapping[str, Any], *, owner: str, now_ms: int,
-                    request_id: str | int | None = None) -> Rule:
-        rule = rule_from_request(fields, symbols=self.symbols, owner=owner, existing=self.book.rules(),
-                                 new_id=new_id(), now_ms=now_ms, request_id=request_id)
+    def create_rule(
+        self, fields: Mapping[str, Any], *, owner: str, now_ms: int, request_id: str | int | None = None
+    ) -> Rule:
+        rule = rule_from_request(
+            fields,
+            symbols=self.symbols,
+            owner=owner,
+            existing=self.book.rules(),
+            new_id=new_id(),
+            now_ms=now_ms,
+            request_id=request_id,
+        )
         self._write(lambda: self.store.add_rule(rule), request_id)
         self.book.add(rule)
         self._changed("rules")
@@ -127,11 +140,18 @@ class Desk:
 
     # -- annotations -----------------------------------------------------------
 
-    def add_annotation(self, fields: Mapping[str, Any], *, owner: str, now_ms: int,
-                       request_id: str | int | None = None) -> Annotation:
-        annotation = annotation_from_request(fields, symbols=self.symbols, owner=owner,
-                                             existing=list(self.annotations.values()), new_id=new_id(),
-                                             now_ms=now_ms, request_id=request_id)
+    def add_annotation(
+        self, fields: Mapping[str, Any], *, owner: str, now_ms: int, request_id: str | int | None = None
+    ) -> Annotation:
+        annotation = annotation_from_request(
+            fields,
+            symbols=self.symbols,
+            owner=owner,
+            existing=list(self.annotations.values()),
+            new_id=new_id(),
+            now_ms=now_ms,
+            request_id=request_id,
+        )
         self._write(lambda: self.store.add_annotation(annotation), request_id)
         self.annotations[annotation.id] = annotation
         self._changed(f"annotations:{annotation.symbol}")
@@ -140,8 +160,9 @@ class Desk:
     def remove_annotation(self, annotation_id: str, *, request_id: str | int | None = None) -> Annotation:
         annotation = self.annotations.get(annotation_id)
         if annotation is None:
-            raise ProtocolError("unknown_annotation", "no annotation has that id", request_id=request_id,
-                                path="$.annotation_id")
+            raise ProtocolError(
+                "unknown_annotation", "no annotation has that id", request_id=request_id, path="$.annotation_id"
+            )
         self._write(lambda: self.store.delete_annotation(annotation_id), request_id)
         del self.annotations[annotation_id]
         self._changed(f"annotations:{annotation.symbol}")
@@ -153,8 +174,9 @@ class Desk:
 
     # -- requests, as the protocol has them -------------------------------------
 
-    def perform(self, kind: str, fields: Mapping[str, Any], *, owner: str, now_ms: int,
-                request_id: str | int | None = None) -> Message:
+    def perform(
+        self, kind: str, fields: Mapping[str, Any], *, owner: str, now_ms: int, request_id: str | int | None = None
+    ) -> Message:
         """Carry out one request (``alert_create``, …, ``annotation_list``); its reply message."""
         rid = request_id
         if kind == "alert_create":
@@ -174,26 +196,34 @@ class Desk:
         if kind == "annotation_list":
             symbol = fields.get("symbol")
             return protocol.annotations_message(
-                now_ms, "list", self.annotations_of(symbol if isinstance(symbol, str) else None), request_id=rid)
+                now_ms, "list", self.annotations_of(symbol if isinstance(symbol, str) else None), request_id=rid
+            )
         raise ProtocolError("unknown_type", f"not a desk request: {kind[:32]!r}", request_id=rid, path="$.type")
 
-    async def perform_async(self, kind: str, fields: Mapping[str, Any], *, owner: str, now_ms: int,
-                            request_id: str | int | None = None) -> Message:
+    async def perform_async(
+        self, kind: str, fields: Mapping[str, Any], *, owner: str, now_ms: int, request_id: str | int | None = None
+    ) -> Message:
         return self.perform(kind, fields, owner=owner, now_ms=now_ms, request_id=request_id)
 
     def state(self) -> bytes:
         """Everything a replica shows, as JSON (what the owner keeps in the broker)."""
-        return orjson.dumps({
-            "rules": [protocol.rule_data(r) for r in self.rules()],
-            "history": [protocol.alert_data(a) for a in self.alerts()],
-            "annotations": [protocol.annotation_data(a) for a in self.annotations_of()],
-        })
+        return orjson.dumps(
+            {
+                "rules": [protocol.rule_data(r) for r in self.rules()],
+                "history": [protocol.alert_data(a) for a in self.alerts()],
+                "annotations": [protocol.annotation_data(a) for a in self.annotations_of()],
+            }
+        )
 
     def answer(self, request: Mapping[str, Any]) -> Message:
         """A request forwarded by another process (:meth:`DeskReplica.perform_async`): its reply, or its error."""
         try:
-            return self.perform(str(request["kind"]), request.get("fields") or {}, owner=str(request["owner"]),
-                                now_ms=int(request["now_ms"]))
+            return self.perform(
+                str(request["kind"]),
+                request.get("fields") or {},
+                owner=str(request["owner"]),
+                now_ms=int(request["now_ms"]),
+            )
         except ProtocolError as exc:
             return {"type": "error", "code": exc.code, "message": exc.message, "path": exc.path}
 
@@ -214,8 +244,9 @@ class DeskView(Protocol):
 
     def annotations_of(self, symbol: str | None = None) -> list[Annotation]: ...
 
-    async def perform_async(self, kind: str, fields: Mapping[str, Any], *, owner: str, now_ms: int,
-                            request_id: str | int | None = None) -> Message: ...
+    async def perform_async(
+        self, kind: str, fields: Mapping[str, Any], *, owner: str, now_ms: int, request_id: str | int | None = None
+    ) -> Message: ...
 
 
 Forward = Callable[[Message], Awaitable[Message]]
@@ -261,37 +292,66 @@ class DeskReplica:
             for one in changes:
                 listener(one)
 
-    async def perform_async(self, kind: str, fields: Mapping[str, Any], *, owner: str, now_ms: int,
-                            request_id: str | int | None = None) -> Message:
+    async def perform_async(
+        self, kind: str, fields: Mapping[str, Any], *, owner: str, now_ms: int, request_id: str | int | None = None
+    ) -> Message:
         try:
             reply = await self.forward({"kind": kind, "fields": dict(fields), "owner": owner, "now_ms": now_ms})
         except Exception as exc:
             log.warning("the feed process did not answer a desk request: %s", exc.__class__.__name__)
-            raise ProtocolError("unavailable", "the feed process that keeps alerts did not answer; try again",
-                                request_id=request_id) from None
+            raise ProtocolError(
+                "unavailable", "the feed process that keeps alerts did not answer; try again", request_id=request_id
+            ) from None
         if reply.get("type") == "error":
-            raise ProtocolError(str(reply["code"]), str(reply["message"]), request_id=request_id,
-                                path=reply.get("path"))
+            raise ProtocolError(
+                str(reply["code"]), str(reply["message"]), request_id=request_id, path=reply.get("path")
+            )
         if request_id is not None:
             reply["id"] = request_id
         return reply
 
 
 def rule_of(data: Mapping[str, Any]) -> Rule:
-    return Rule(id=data["id"], symbol=data["symbol"], condition=data["condition"], level=data.get("level"),
-                pct=data.get("pct"), window_s=data.get("window_s"), direction=data.get("direction", "any"),
-                note=data.get("note", ""), repeat=bool(data.get("repeat")), owner=data.get("owner", ""),
-                created_ms=int(data.get("created", 0)))
+    return Rule(
+        id=data["id"],
+        symbol=data["symbol"],
+        condition=data["condition"],
+        level=data.get("level"),
+        pct=data.get("pct"),
+        window_s=data.get("window_s"),
+        direction=data.get("direction", "any"),
+        note=data.get("note", ""),
+        repeat=bool(data.get("repeat")),
+        owner=data.get("owner", ""),
+        created_ms=int(data.get("created", 0)),
+    )
 
 
 def alert_of(data: Mapping[str, Any]) -> Alert:
-    return Alert(id=data["id"], rule_id=data["rule_id"], owner=data.get("owner", ""), symbol=data["symbol"],
-                 condition=data["condition"], level=data.get("level"), pct=data.get("pct"),
-                 window_s=data.get("window_s"), direction=data.get("direction", "any"), note=data.get("note", ""),
-                 price=float(data["price"]), reference=data.get("reference"), time_ms=int(data["time"]),
-                 seq=int(data["ticker_seq"]))
+    return Alert(
+        id=data["id"],
+        rule_id=data["rule_id"],
+        owner=data.get("owner", ""),
+        symbol=data["symbol"],
+        condition=data["condition"],
+        level=data.get("level"),
+        pct=data.get("pct"),
+        window_s=data.get("window_s"),
+        direction=data.get("direction", "any"),
+        note=data.get("note", ""),
+        price=float(data["price"]),
+        reference=data.get("reference"),
+        time_ms=int(data["time"]),
+        seq=int(data["ticker_seq"]),
+    )
 
 
 def annotation_of(data: Mapping[str, Any]) -> Annotation:
-    return Annotation(id=data["id"], symbol=data["symbol"], price=float(data["price"]), label=data.get("label", ""),
-                      owner=data.get("owner", ""), created_ms=int(data.get("created", 0)))
+    return Annotation(
+        id=data["id"],
+        symbol=data["symbol"],
+        price=float(data["price"]),
+        label=data.get("label", ""),
+        owner=data.get("owner", ""),
+        created_ms=int(data.get("created", 0)),
+    )

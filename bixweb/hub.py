@@ -151,8 +151,13 @@ class Backlog:
 
     __slots__ = ("_items", "_position", "encode", "join", "chunk", "messages", "size", "taken")
 
-    def __init__(self, *, encode: Callable[[Message], bytes] = protocol.encode, join: Join = protocol.batch_frame,
-                 chunk: int = 256) -> None:
+    def __init__(
+        self,
+        *,
+        encode: Callable[[Message], bytes] = protocol.encode,
+        join: Join = protocol.batch_frame,
+        chunk: int = 256,
+    ) -> None:
         self._items: deque[tuple[bytes, int] | list[Message]] = deque()
         """Ready-made frames with their message counts, and replays."""
         self._position = 0
@@ -201,7 +206,7 @@ class Backlog:
             self._count_taken(count)
             return frame
         start = self._position
-        chunk = head[start:start + self.chunk]
+        chunk = head[start : start + self.chunk]
         self._position += len(chunk)
         if self._position >= len(head):
             self._items.popleft()

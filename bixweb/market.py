@@ -119,9 +119,7 @@ class SymbolState:
         self.trades = deque(maxlen=self.trade_history)
         self.closed = {
             interval: deque(
-                maxlen=max(self.history_points, MINUTES_PER_DAY)
-                if interval is Interval.M1
-                else self.history_points
+                maxlen=max(self.history_points, MINUTES_PER_DAY) if interval is Interval.M1 else self.history_points
             )
             for interval in Interval
         }
@@ -406,8 +404,9 @@ class Market:
             state = self.states[symbol]
             if state.has_price:
                 stream, seq = self._next_seq(TICKER, symbol)
-                self._record(out, stream, protocol.ticker_message(state.ticker(), seq, now_ms, self.epoch),
-                             conflate=True)
+                self._record(
+                    out, stream, protocol.ticker_message(state.ticker(), seq, now_ms, self.epoch), conflate=True
+                )
         return out
 
     def alert_outgoing(self, alert: Alert, now_ms: int) -> Outgoing:

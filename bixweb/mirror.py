@@ -47,7 +47,7 @@ def seed_of(market: Market, published: int) -> Seed:
     closed: dict[str, list[bytes]] = {}
     for symbol, state in market.states.items():
         for interval in Interval:
-            candles = list(state.closed[interval])[-market.history_points:]
+            candles = list(state.closed[interval])[-market.history_points :]
             if candles:
                 closed[stream_key(interval.channel, symbol)] = [orjson.dumps(protocol.candle_data(c)) for c in candles]
     return Seed(
@@ -62,8 +62,15 @@ def seed_of(market: Market, published: int) -> Seed:
 def _candle(stored: Mapping[str, Any]) -> Candle:
     """A candle from its data object, or from a whole candle message."""
     data = stored.get("data", stored)
-    return Candle(int(data["start"]), float(data["open"]), float(data["high"]), float(data["low"]),
-                  float(data["close"]), float(data["volume"]), bool(data["closed"]))
+    return Candle(
+        int(data["start"]),
+        float(data["open"]),
+        float(data["high"]),
+        float(data["low"]),
+        float(data["close"]),
+        float(data["volume"]),
+        bool(data["closed"]),
+    )
 
 
 class Mirror(Market):
@@ -98,8 +105,14 @@ class Mirror(Market):
             self._recent(stream, message)
             return
         if kind == "trade":
-            trade = Trade(symbol=state.symbol, id=int(data["id"]), price=float(data["price"]),
-                          qty=float(data["qty"]), side=data["side"], time=int(data["time"]))
+            trade = Trade(
+                symbol=state.symbol,
+                id=int(data["id"]),
+                price=float(data["price"]),
+                qty=float(data["qty"]),
+                side=data["side"],
+                time=int(data["time"]),
+            )
             state.trades.append(trade)
             state.set_price(trade.price)
             state.time = max(state.time, trade.time)
@@ -107,17 +120,34 @@ class Mirror(Market):
             return
         self.latest[stream] = message
         if kind == "market_update":
-            state.add_stats(TickerStats(
-                symbol=state.symbol, price=float(data["price"]), bid=float(data["bid"]), ask=float(data["ask"]),
-                open=float(data["open"]), high=float(data["high"]), low=float(data["low"]),
-                volume=float(data["volume"]), quote_volume=float(data["quote_volume"]), time=int(data["time"]),
-            ))
+            state.add_stats(
+                TickerStats(
+                    symbol=state.symbol,
+                    price=float(data["price"]),
+                    bid=float(data["bid"]),
+                    ask=float(data["ask"]),
+                    open=float(data["open"]),
+                    high=float(data["high"]),
+                    low=float(data["low"]),
+                    volume=float(data["volume"]),
+                    quote_volume=float(data["quote_volume"]),
+                    time=int(data["time"]),
+                )
+            )
         elif kind == "book":
-            state.book = Book(state.symbol, tuple((float(p), float(q)) for p, q in data["bids"]),
-                              tuple((float(p), float(q)) for p, q in data["asks"]), int(data["time"]))
+            state.book = Book(
+                state.symbol,
+                tuple((float(p), float(q)) for p, q in data["bids"]),
+                tuple((float(p), float(q)) for p, q in data["asks"]),
+                int(data["time"]),
+            )
         elif kind == "candle":
-            self._set_candle(state.closed[Interval.from_label(message["interval"])], state.forming,
-                             Interval.from_label(message["interval"]), _candle(data))
+            self._set_candle(
+                state.closed[Interval.from_label(message["interval"])],
+                state.forming,
+                Interval.from_label(message["interval"]),
+                _candle(data),
+            )
 
     def _recent(self, stream: str, message: Message) -> None:
         recent = self.recent.get(stream)
@@ -126,8 +156,9 @@ class Mirror(Market):
         recent.append(message)
 
     @staticmethod
-    def _set_candle(closed: deque[Candle], forming: dict[Interval, Candle | None], interval: Interval,
-                    candle: Candle) -> None:
+    def _set_candle(
+        closed: deque[Candle], forming: dict[Interval, Candle | None], interval: Interval, candle: Candle
+    ) -> None:
         if not candle.closed:
             forming[interval] = candle
             return
@@ -184,4 +215,3 @@ class Mirror(Market):
 
 def _closed_candle(message: Message) -> bool:
     return message.get("type") == "candle" and bool(message["data"].get("closed"))
-

@@ -51,24 +51,45 @@ async def run_feed_process(settings: Settings) -> None:
     """``python -m bixweb feed --broker redis://…``: until SIGINT or SIGTERM."""
     from bixweb.brokers.redis import RedisBroker
 
-    feed = open_feed(settings.feed, symbols=settings.symbols, seed=settings.seed, tick_rate=settings.tick_rate,
-                     book_depth=settings.book_depth)
-    market = Market(settings.symbols, history_points=settings.history_points, trade_history=settings.trade_history,
-                    replay_depth=settings.replay_depth, epoch=now_ms())
-    broker = RedisBroker(settings.broker, symbols=settings.symbols, history_points=settings.history_points,
-                         replay_depth=settings.replay_depth)
+    feed = open_feed(
+        settings.feed,
+        symbols=settings.symbols,
+        seed=settings.seed,
+        tick_rate=settings.tick_rate,
+        book_depth=settings.book_depth,
+    )
+    market = Market(
+        settings.symbols,
+        history_points=settings.history_points,
+        trade_history=settings.trade_history,
+        replay_depth=settings.replay_depth,
+        epoch=now_ms(),
+    )
+    broker = RedisBroker(
+        settings.broker,
+        symbols=settings.symbols,
+        history_points=settings.history_points,
+        replay_depth=settings.replay_depth,
+    )
     broker.seed_source = lambda: seed_of(market, broker.published)
     desk = Desk(SQLiteStore(Path(settings.data_dir) / STORE_FILE), settings.symbols)
     broker.desk = desk  # its state is kept in Redis; web processes forward their requests to it
     desk.listeners.append(broker.desk_changed)
-    log.info("feed process: %s -> %s, epoch %d, %d symbols", settings.feed, settings.broker, market.epoch,
-             len(market.symbols))
+    log.info(
+        "feed process: %s -> %s, epoch %d, %d symbols",
+        settings.feed,
+        settings.broker,
+        market.epoch,
+        len(market.symbols),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    tasks = [asyncio.create_task(broker.run(), name="broker"),
-             asyncio.create_task(run_market(feed, market, broker, desk), name="feed")]
+    tasks = [
+        asyncio.create_task(broker.run(), name="broker"),
+        asyncio.create_task(run_market(feed, market, broker, desk), name="feed"),
+    ]
     waiting = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([waiting, *tasks], return_when=asyncio.FIRST_COMPLETED)
     for task in [waiting, *tasks]:

@@ -86,6 +86,7 @@ def book_checksum_text(bids: Sequence[Sequence[float]], asks: Sequence[Sequence[
     zeros (then a trailing point) removed; levels joined by ``,``, the two
     sides by ``|``. ``[[95012.4, 0.84]], [[95012.6, 1.5]]`` → ``95012.4:0.84|95012.6:1.5``.
     """
+
     def side(levels: Sequence[Sequence[float]]) -> str:
         return ",".join(
             f"{_checksum_number(price)}:{_checksum_number(qty)}" for price, qty in levels[:BOOK_CHECKSUM_LEVELS]
@@ -122,25 +123,49 @@ def candle_data(c: Candle) -> Message:
 
 def alert_data(a: Alert) -> Message:
     return {
-        "id": a.id, "rule_id": a.rule_id, "symbol": a.symbol, "condition": a.condition, "level": a.level,
-        "pct": a.pct, "window_s": a.window_s, "direction": a.direction,
-        "change_pct": None if a.change_pct is None else round(a.change_pct, 4), "reference": a.reference,
-        "note": a.note, "owner": a.owner,
-        "price": a.price, "time": a.time_ms, "ticker_seq": a.seq,
+        "id": a.id,
+        "rule_id": a.rule_id,
+        "symbol": a.symbol,
+        "condition": a.condition,
+        "level": a.level,
+        "pct": a.pct,
+        "window_s": a.window_s,
+        "direction": a.direction,
+        "change_pct": None if a.change_pct is None else round(a.change_pct, 4),
+        "reference": a.reference,
+        "note": a.note,
+        "owner": a.owner,
+        "price": a.price,
+        "time": a.time_ms,
+        "ticker_seq": a.seq,
     }
 
 
 def rule_data(r: Rule) -> Message:
     return {
-        "id": r.id, "symbol": r.symbol, "condition": r.condition, "level": r.level, "pct": r.pct,
-        "window_s": r.window_s, "direction": r.direction, "note": r.note, "repeat": r.repeat, "owner": r.owner,
+        "id": r.id,
+        "symbol": r.symbol,
+        "condition": r.condition,
+        "level": r.level,
+        "pct": r.pct,
+        "window_s": r.window_s,
+        "direction": r.direction,
+        "note": r.note,
+        "repeat": r.repeat,
+        "owner": r.owner,
         "created": r.created_ms,
     }
 
 
 def annotation_data(a: Annotation) -> Message:
-    return {"id": a.id, "symbol": a.symbol, "price": a.price, "label": a.label, "owner": a.owner,
-            "created": a.created_ms}
+    return {
+        "id": a.id,
+        "symbol": a.symbol,
+        "price": a.price,
+        "label": a.label,
+        "owner": a.owner,
+        "created": a.created_ms,
+    }
 
 
 # -- server messages --------------------------------------------------------
@@ -151,7 +176,11 @@ def alert_message(a: Alert, seq: int, now_ms: int, epoch: int) -> Message:
 
 
 def alert_rules_message(
-    now_ms: int, op: str, rules: Iterable[Rule], *, history: Iterable[Alert] | None = None,
+    now_ms: int,
+    op: str,
+    rules: Iterable[Rule],
+    *,
+    history: Iterable[Alert] | None = None,
     request_id: str | int | None = None,
 ) -> Message:
     message: Message = {"type": "alert_rules", "ts": now_ms, "op": op, "rules": [rule_data(r) for r in rules]}
@@ -163,14 +192,24 @@ def alert_rules_message(
 def annotations_message(
     now_ms: int, op: str, annotations: Iterable[Annotation], *, request_id: str | int | None = None
 ) -> Message:
-    message: Message = {"type": "annotations", "ts": now_ms, "op": op,
-                        "annotations": [annotation_data(a) for a in annotations]}
+    message: Message = {
+        "type": "annotations",
+        "ts": now_ms,
+        "op": op,
+        "annotations": [annotation_data(a) for a in annotations],
+    }
     return _with_id(message, request_id)
 
 
 def ticker_message(t: Ticker, seq: int, now_ms: int, epoch: int) -> Message:
-    return {"type": "market_update", "ts": now_ms, "epoch": epoch, "symbol": t.symbol, "seq": seq,
-            "data": ticker_data(t)}
+    return {
+        "type": "market_update",
+        "ts": now_ms,
+        "epoch": epoch,
+        "symbol": t.symbol,
+        "seq": seq,
+        "data": ticker_data(t),
+    }
 
 
 def trade_message(t: Trade, seq: int, now_ms: int, epoch: int) -> Message:
@@ -251,9 +290,7 @@ def welcome_message(
     }
 
 
-def status_message(
-    now_ms: int, *, feed: str, clients: int, uptime_s: float, last_event_ms: int | None
-) -> Message:
+def status_message(now_ms: int, *, feed: str, clients: int, uptime_s: float, last_event_ms: int | None) -> Message:
     return {
         "type": "status",
         "ts": now_ms,
@@ -384,7 +421,9 @@ def parse_json_object(frame: str | bytes) -> dict[str, Any]:
     # a value nests no deeper than it has lists and objects: most frames hold a handful
     if frame.count("[") + frame.count("{") > MAX_NESTING and nesting(obj) > MAX_NESTING:
         raise ProtocolError(
-            "invalid_message", f"a message nests at most {MAX_NESTING} levels deep", request_id=_request_id(obj),
+            "invalid_message",
+            f"a message nests at most {MAX_NESTING} levels deep",
+            request_id=_request_id(obj),
             path="$",
         )
     return obj

@@ -118,8 +118,7 @@ async def record(
     finally:
         await stream.aclose()
         if progress is not None:
-            progress.update(1.0 if duration else None, f"{summary.span_s:.1f} s, {summary.events} events",
-                            force=True)
+            progress.update(1.0 if duration else None, f"{summary.span_s:.1f} s, {summary.events} events", force=True)
             progress.close()
     return summary
 
@@ -129,13 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bixweb record",
         description="Record a feed's normalized events as JSON lines, to play back with --feed replay://FILE. "
-                    "Options also come from their BIXWEB_* variables, as for the server.",
+        "Options also come from their BIXWEB_* variables, as for the server.",
     )
     parser.add_argument("--out", required=True, metavar="FILE", help="file to write (gzip if it ends in .gz)")
-    parser.add_argument("--feed", help=f"feed to record (default: {defaults.feed}; "
-                                       "simulated://?speed=max records simulated market time without waiting)")
-    parser.add_argument("--duration", type=float, metavar="S",
-                        help="seconds of market time to record (default: until Ctrl-C)")
+    parser.add_argument(
+        "--feed",
+        help=f"feed to record (default: {defaults.feed}; "
+        "simulated://?speed=max records simulated market time without waiting)",
+    )
+    parser.add_argument(
+        "--duration", type=float, metavar="S", help="seconds of market time to record (default: until Ctrl-C)"
+    )
     parser.add_argument("--symbols", help="comma-separated symbols (default: the server's)")
     parser.add_argument("--seed", help=f"seed of the simulated market (default: {defaults.seed})")
     parser.add_argument("--tick-rate", help=f"simulated ticks per second (default: {defaults.tick_rate:g})")
@@ -151,15 +154,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     try:
         settings = settings_from(
-            {"feed": args.feed, "symbols": args.symbols, "seed": args.seed, "tick_rate": args.tick_rate,
-             "book_depth": args.book_depth, "log_level": args.log_level, "log_format": args.log_format},
+            {
+                "feed": args.feed,
+                "symbols": args.symbols,
+                "seed": args.seed,
+                "tick_rate": args.tick_rate,
+                "book_depth": args.book_depth,
+                "log_level": args.log_level,
+                "log_format": args.log_format,
+            },
             os.environ,
         )
         if args.duration is not None and not args.duration > 0:
             raise ConfigError("--duration: not above 0 seconds")
         configure_logging(settings.log_level, settings.log_format)
-        feed = open_feed(settings.feed, symbols=settings.symbols, seed=settings.seed,
-                         tick_rate=settings.tick_rate, book_depth=settings.book_depth)
+        feed = open_feed(
+            settings.feed,
+            symbols=settings.symbols,
+            seed=settings.seed,
+            tick_rate=settings.tick_rate,
+            book_depth=settings.book_depth,
+        )
         try:
             file = open_for_writing(out, compress=args.gzip or out.name.endswith(".gz"))
         except OSError as exc:
@@ -168,13 +183,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             file.write(header_line(settings.feed.split("?")[0], settings.symbols, wall_ms()))
             summary = Summary()
             try:
-                asyncio.run(record(feed, file, duration=args.duration, progress=terminal_progress("record"),
-                                   summary=summary))
+                asyncio.run(
+                    record(feed, file, duration=args.duration, progress=terminal_progress("record"), summary=summary)
+                )
             except KeyboardInterrupt:
                 print("bixweb record: stopped; the file holds what came before", file=sys.stderr)
     except BixwebError as exc:
         print(f"bixweb: {exc}", file=sys.stderr)
         return 2
-    event(log, logging.INFO, "recorded", file=out, windows=summary.windows, events=summary.events,
-          market_s=round(summary.span_s, 3))
+    event(
+        log,
+        logging.INFO,
+        "recorded",
+        file=out,
+        windows=summary.windows,
+        events=summary.events,
+        market_s=round(summary.span_s, 3),
+    )
     return 0

@@ -150,8 +150,9 @@ class Renderer:
     def tickers(self, states: Iterable[SymbolState], addable: Sequence[str], *, oob: bool = True) -> str:
         return self._render("fragments/tickers.html", **self.tickers_context(states, addable), oob=oob)
 
-    def chart_context(self, state: SymbolState, interval: Interval, average: str, period: int,
-                      annotations: Sequence[Annotation] = ()) -> dict[str, Any]:
+    def chart_context(
+        self, state: SymbolState, interval: Interval, average: str, period: int, annotations: Sequence[Annotation] = ()
+    ) -> dict[str, Any]:
         chart = charts.build_chart(
             state.candles(interval, self.chart_points),
             max_points=self.chart_points,
@@ -162,14 +163,22 @@ class Renderer:
         )
         return {"chart": chart, "chart_symbol": state.symbol, "chart_interval": interval.label}
 
-    def chart(self, state: SymbolState, interval: Interval, average: str, period: int,
-              annotations: Sequence[Annotation] = (), *, oob: bool = True) -> str:
+    def chart(
+        self,
+        state: SymbolState,
+        interval: Interval,
+        average: str,
+        period: int,
+        annotations: Sequence[Annotation] = (),
+        *,
+        oob: bool = True,
+    ) -> str:
         context = self.chart_context(state, interval, average, period, annotations)
         return self._render("fragments/chart.html", **context, oob=oob)
 
     def trades_context(self, state: SymbolState) -> dict[str, Any]:
         d = self.decimals(state)
-        shown = list(state.trades)[-self.trades_shown:]
+        shown = list(state.trades)[-self.trades_shown :]
         rows = [
             {
                 "id": t.id,
@@ -266,8 +275,11 @@ class Renderer:
     def alert_history_context(self, alerts: Sequence[Alert], *, available: bool) -> dict[str, Any]:
         """At most :data:`HISTORY_SHOWN` of the history (oldest first), newest first."""
         shown = alerts[-HISTORY_SHOWN:][::-1]
-        return {"history": [self.alert_row(a) for a in shown], "history_total": len(alerts),
-                "desk_available": available}
+        return {
+            "history": [self.alert_row(a) for a in shown],
+            "history_total": len(alerts),
+            "desk_available": available,
+        }
 
     def alert_history(self, alerts: Sequence[Alert], *, available: bool, oob: bool = True) -> str:
         context = self.alert_history_context(alerts, available=available)
@@ -276,8 +288,14 @@ class Renderer:
     def alert_rules_context(self, rules: Sequence[Rule], *, available: bool) -> dict[str, Any]:
         """At most :data:`RULES_SHOWN` rules, newest first."""
         rows = [
-            {"id": r.id, "symbol": r.symbol, "what": self.rule_text(r), "note": r.note, "repeat": r.repeat,
-             "owner": r.owner.split(":", 1)[0] or "?"}
+            {
+                "id": r.id,
+                "symbol": r.symbol,
+                "what": self.rule_text(r),
+                "note": r.note,
+                "repeat": r.repeat,
+                "owner": r.owner.split(":", 1)[0] or "?",
+            }
             for r in rules[-RULES_SHOWN:][::-1]
         ]
         return {"rules": rows, "rules_total": len(rules), "desk_available": available}
@@ -293,13 +311,11 @@ class Renderer:
         context = self.alert_form_context(symbol, available=available)
         return self._render("fragments/alert_form.html", **context, oob=oob)
 
-    def annotations_context(self, symbol: str, annotations: Sequence[Annotation], *,
-                            available: bool) -> dict[str, Any]:
+    def annotations_context(self, symbol: str, annotations: Sequence[Annotation], *, available: bool) -> dict[str, Any]:
         rows = [{"id": a.id, "price_text": self._price_text(symbol, a.price), "label": a.label} for a in annotations]
         return {"annotations_symbol": symbol, "annotations": rows, "desk_available": available}
 
-    def annotations(self, symbol: str, annotations: Sequence[Annotation], *, available: bool,
-                    oob: bool = True) -> str:
+    def annotations(self, symbol: str, annotations: Sequence[Annotation], *, available: bool, oob: bool = True) -> str:
         context = self.annotations_context(symbol, annotations, available=available)
         return self._render("fragments/annotations.html", **context, oob=oob)
 

@@ -141,8 +141,10 @@ class SQLiteStore:
 
     def _unusable(self, detail: str, *, damaged: bool = True) -> ConfigError:
         if damaged:
-            advice = (f"move it aside (`sqlite3 {self.path} .recover` may save its rows) and start again: bixweb "
-                      f"then creates a new, empty store")
+            advice = (
+                f"move it aside (`sqlite3 {self.path} .recover` may save its rows) and start again: bixweb "
+                f"then creates a new, empty store"
+            )
         else:
             advice = "check that bixweb's user may read and write it and its directory, and that the disk has room"
         return ConfigError(f"cannot use the data store {self.path}: {detail}; {advice}")
@@ -160,8 +162,9 @@ class SQLiteStore:
                 f"another data directory"
             ) from None
         if self.path.exists() and not self.path.is_file():
-            raise ConfigError(f"the data store {self.path} is not a file; move it away, or choose another data "
-                              f"directory")
+            raise ConfigError(
+                f"the data store {self.path} is not a file; move it away, or choose another data directory"
+            )
         try:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as error:
@@ -194,8 +197,10 @@ class SQLiteStore:
                         conn.execute(statement)
                 conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             elif "meta" not in tables:
-                raise ConfigError(f"{self.path} is an SQLite database but not a bixweb data store; choose another "
-                                  f"data directory, or move the file away")
+                raise ConfigError(
+                    f"{self.path} is an SQLite database but not a bixweb data store; choose another "
+                    f"data directory, or move the file away"
+                )
             else:
                 row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
                 version = row[0] if row else None
@@ -264,8 +269,19 @@ class SQLiteStore:
         with self._transaction(f"add alert rule {rule.id!r}") as conn:
             conn.execute(
                 f"INSERT INTO rules ({_RULE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (rule.id, rule.symbol, rule.condition, rule.level, rule.pct, rule.window_s, rule.direction,
-                 rule.note, int(rule.repeat), rule.owner, rule.created_ms),
+                (
+                    rule.id,
+                    rule.symbol,
+                    rule.condition,
+                    rule.level,
+                    rule.pct,
+                    rule.window_s,
+                    rule.direction,
+                    rule.note,
+                    int(rule.repeat),
+                    rule.owner,
+                    rule.created_ms,
+                ),
             )
 
     def delete_rule(self, rule_id: str) -> bool:
@@ -281,8 +297,25 @@ class SQLiteStore:
         with self._transaction(f"record {len(fired)} alerts") as conn:
             conn.executemany(
                 f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(a.id, a.rule_id, a.owner, a.symbol, a.condition, a.level, a.pct, a.window_s, a.direction, a.note,
-                  a.price, a.reference, a.time_ms, a.seq) for a in fired],
+                [
+                    (
+                        a.id,
+                        a.rule_id,
+                        a.owner,
+                        a.symbol,
+                        a.condition,
+                        a.level,
+                        a.pct,
+                        a.window_s,
+                        a.direction,
+                        a.note,
+                        a.price,
+                        a.reference,
+                        a.time_ms,
+                        a.seq,
+                    )
+                    for a in fired
+                ],
             )
             conn.executemany("DELETE FROM rules WHERE id = ?", [(rule_id,) for rule_id in finished])
             conn.execute(

@@ -39,43 +39,108 @@ def decimal(value: float) -> str:
 
 
 def ticker_event(
-    symbol: str, *, last: float, bid: float, ask: float, open: float, high: float, low: float,
-    volume: float, quote_volume: float, time: int,
+    symbol: str,
+    *,
+    last: float,
+    bid: float,
+    ask: float,
+    open: float,
+    high: float,
+    low: float,
+    volume: float,
+    quote_volume: float,
+    time: int,
 ) -> Payload:
     """A ``24hrTicker`` event with every published field."""
     return {
-        "e": "24hrTicker", "E": time, "s": symbol,
-        "p": decimal(last - open), "P": f"{100 * (last - open) / open:.3f}", "w": decimal(quote_volume / volume),
-        "x": decimal(open), "c": decimal(last), "Q": decimal(0.01), "b": decimal(bid), "B": decimal(1.5),
-        "a": decimal(ask), "A": decimal(2.5), "o": decimal(open), "h": decimal(high), "l": decimal(low),
-        "v": decimal(volume), "q": decimal(quote_volume), "O": time - 86_400_000, "C": time,
-        "F": 1, "L": 1000, "n": 1000,
+        "e": "24hrTicker",
+        "E": time,
+        "s": symbol,
+        "p": decimal(last - open),
+        "P": f"{100 * (last - open) / open:.3f}",
+        "w": decimal(quote_volume / volume),
+        "x": decimal(open),
+        "c": decimal(last),
+        "Q": decimal(0.01),
+        "b": decimal(bid),
+        "B": decimal(1.5),
+        "a": decimal(ask),
+        "A": decimal(2.5),
+        "o": decimal(open),
+        "h": decimal(high),
+        "l": decimal(low),
+        "v": decimal(volume),
+        "q": decimal(quote_volume),
+        "O": time - 86_400_000,
+        "C": time,
+        "F": 1,
+        "L": 1000,
+        "n": 1000,
     }
 
 
 def trade_event(symbol: str, trade_id: int, price: float, qty: float, *, buyer_is_maker: bool, time: int) -> Payload:
     """A ``trade`` event: ``m`` is true when the buyer was the maker, i.e. the taker sold."""
-    return {"e": "trade", "E": time + 1, "s": symbol, "t": trade_id, "p": decimal(price), "q": decimal(qty),
-            "T": time, "m": buyer_is_maker, "M": True}
+    return {
+        "e": "trade",
+        "E": time + 1,
+        "s": symbol,
+        "t": trade_id,
+        "p": decimal(price),
+        "q": decimal(qty),
+        "T": time,
+        "m": buyer_is_maker,
+        "M": True,
+    }
 
 
 def depth_payload(bids: Sequence[tuple[float, float]], asks: Sequence[tuple[float, float]], update_id: int) -> Payload:
     """A partial-depth payload: no symbol, no event type, no time."""
-    return {"lastUpdateId": update_id, "bids": [[decimal(p), decimal(q)] for p, q in bids],
-            "asks": [[decimal(p), decimal(q)] for p, q in asks]}
+    return {
+        "lastUpdateId": update_id,
+        "bids": [[decimal(p), decimal(q)] for p, q in bids],
+        "asks": [[decimal(p), decimal(q)] for p, q in asks],
+    }
 
 
 def kline_event(
-    symbol: str, *, start: int, open: float, high: float, low: float, close: float, volume: float,
-    closed: bool, time: int, interval: str = "1m", length_ms: int = 60_000,
+    symbol: str,
+    *,
+    start: int,
+    open: float,
+    high: float,
+    low: float,
+    close: float,
+    volume: float,
+    closed: bool,
+    time: int,
+    interval: str = "1m",
+    length_ms: int = 60_000,
 ) -> Payload:
     """A ``kline`` event with every published field."""
     return {
-        "e": "kline", "E": time, "s": symbol,
-        "k": {"t": start, "T": start + length_ms - 1, "s": symbol, "i": interval, "f": 100, "L": 200,
-              "o": decimal(open), "c": decimal(close), "h": decimal(high), "l": decimal(low),
-              "v": decimal(volume), "n": 100, "x": closed, "q": decimal(volume * close),
-              "V": decimal(volume / 2), "Q": decimal(volume * close / 2), "B": "0"},
+        "e": "kline",
+        "E": time,
+        "s": symbol,
+        "k": {
+            "t": start,
+            "T": start + length_ms - 1,
+            "s": symbol,
+            "i": interval,
+            "f": 100,
+            "L": 200,
+            "o": decimal(open),
+            "c": decimal(close),
+            "h": decimal(high),
+            "l": decimal(low),
+            "v": decimal(volume),
+            "n": 100,
+            "x": closed,
+            "q": decimal(volume * close),
+            "V": decimal(volume / 2),
+            "Q": decimal(volume * close / 2),
+            "B": "0",
+        },
     }
 
 
@@ -143,13 +208,16 @@ class FakeExchange:
             else:
                 await peer.ws.send_str(frame)
 
-    async def trade(self, symbol: str, price: float, qty: float = 0.5, *, buyer_is_maker: bool = False,
-                    time: int) -> int:
+    async def trade(
+        self, symbol: str, price: float, qty: float = 0.5, *, buyer_is_maker: bool = False, time: int
+    ) -> int:
         """Publish the next trade of ``symbol``; return its id."""
         trade_id = self._trade_ids.get(symbol, 1000) + 1
         self._trade_ids[symbol] = trade_id
-        await self.publish(f"{symbol.lower()}@trade",
-                           trade_event(symbol, trade_id, price, qty, buyer_is_maker=buyer_is_maker, time=time))
+        await self.publish(
+            f"{symbol.lower()}@trade",
+            trade_event(symbol, trade_id, price, qty, buyer_is_maker=buyer_is_maker, time=time),
+        )
         return trade_id
 
     async def run_trades(self, symbol: str, *, period: float = 0.01, price: float = 100.0) -> None:

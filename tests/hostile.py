@@ -32,8 +32,13 @@ def largest_valid_subscribe() -> str:
     from bixweb.model import CHANNELS
 
     streams = [f"{channel}:S{n:04d}" for n in range(125) for channel in CHANNELS]  # 1,000: the schema's maximum
-    message = {"type": "subscribe", "id": "x" * 64, "symbols": ["*"] + [f"S{n:04d}" for n in range(199)],
-               "channels": list(CHANNELS) * 2, "since": {"epoch": 1, "seq": dict.fromkeys(streams, 2**63)}}
+    message = {
+        "type": "subscribe",
+        "id": "x" * 64,
+        "symbols": ["*"] + [f"S{n:04d}" for n in range(199)],
+        "channels": list(CHANNELS) * 2,
+        "since": {"epoch": 1, "seq": dict.fromkeys(streams, 2**63)},
+    }
     return json.dumps(message)
 
 
@@ -79,24 +84,32 @@ HEADERS_FRAME = keyed('{"action":"view","headers":{', "}}", "0", count=2_000)
 
 BOT: dict[str, str] = {
     "subscribe, symbols: 8,100 zeros (issue 12)": ZEROS_FRAME,
-    "subscribe, symbols: 1,600 lower-case strings": filled('{"type":"subscribe","symbols":[', '"abcdefgh"',
-                                                            '],"channels":["ticker"]}'),
-    "subscribe, symbols: 1,400 strings, the last one bad": filled('{"type":"subscribe","symbols":[', '"BTCUSDT"',
-                                                                   ',"x"],"channels":["ticker"]}'),
-    "subscribe, symbols: 5,400 empty objects": filled('{"type":"subscribe","symbols":[', "{}",
-                                                       '],"channels":["ticker"]}'),
+    "subscribe, symbols: 1,600 lower-case strings": filled(
+        '{"type":"subscribe","symbols":[', '"abcdefgh"', '],"channels":["ticker"]}'
+    ),
+    "subscribe, symbols: 1,400 strings, the last one bad": filled(
+        '{"type":"subscribe","symbols":[', '"BTCUSDT"', ',"x"],"channels":["ticker"]}'
+    ),
+    "subscribe, symbols: 5,400 empty objects": filled(
+        '{"type":"subscribe","symbols":[', "{}", '],"channels":["ticker"]}'
+    ),
     "subscribe, channels: 8,100 zeros": filled('{"type":"subscribe","symbols":["*"],"channels":[', "0", "]}"),
     "subscribe, since.seq: 1,800 bad keys": keyed(
-        '{"type":"subscribe","symbols":["*"],"channels":["ticker"],"since":{"epoch":1,"seq":{', "}}}", "0"),
+        '{"type":"subscribe","symbols":["*"],"channels":["ticker"],"since":{"epoch":1,"seq":{', "}}}", "0"
+    ),
     "subscribe, since.seq: 1,000 keys, the last one bad": '{"type":"subscribe","symbols":["*"],"channels":["ticker"],'
     '"since":{"epoch":1,"seq":{' + ",".join(f'"book:Z{key.upper()}":0' for key in names(999)) + ',"x":0}}}',
     "ping with 2,000 unknown keys": keyed('{"type":"ping",', "}", "0"),
     "ping, id: a 16 KB string": '{"type":"ping","id":"' + "x" * (MAX_FRAME - 40) + '"}',
     "ping, id: 1,023 nested lists": '{"type":"ping","id":' + "[" * 1_023 + "]" * 1_023 + "}",
-    "ping, id: 16 nested lists around 5,000 zeros": '{"type":"ping","id":' + "[" * 15
-    + ",".join(["0"] * 5_000) + "]" * 15 + "}",
+    "ping, id: 16 nested lists around 5,000 zeros": '{"type":"ping","id":'
+    + "[" * 15
+    + ",".join(["0"] * 5_000)
+    + "]" * 15
+    + "}",
     "alert_create, note: 16 KB": '{"type":"alert_create","symbol":"BTCUSDT","condition":"above","level":1,"note":"'
-    + "x" * (MAX_FRAME - 100) + '"}',
+    + "x" * (MAX_FRAME - 100)
+    + '"}',
     "a string full of escaped quotes": '{"type":"ping","id":"' + '\\"' * ((MAX_FRAME - 30) // 2) + '"}',
 }
 
@@ -105,7 +118,8 @@ UI: dict[str, str] = {
     "view, headers: 8,100 zeros under one key": filled('{"action":"view","headers":{"a":[', "0", "]}}"),
     "view with 2,000 unknown keys": keyed('{"action":"view",', "}", '""'),
     "alert_create, note: 16 KB": '{"action":"alert_create","symbol":"BTCUSDT","condition":"above","note":"'
-    + "x" * (MAX_FRAME - 100) + '"}',
+    + "x" * (MAX_FRAME - 100)
+    + '"}',
     "view, headers: 31 keys of 500-byte values": keyed('{"action":"view","headers":{', "}}", '"' + "v" * 500 + '"'),
 }
 
@@ -124,8 +138,12 @@ def ui_parse(frame: str) -> None:
         pass
 
 
-def cost_us(parse: Callable[[str], None], frame: str, repeat: int = 15,
-            statistic: Callable[[list[float]], float] = statistics.median) -> float:
+def cost_us(
+    parse: Callable[[str], None],
+    frame: str,
+    repeat: int = 15,
+    statistic: Callable[[list[float]], float] = statistics.median,
+) -> float:
     """CPU time of one parse in µs (the median of ``repeat`` runs, after a warm-up run)."""
     parse(frame)
     samples = []

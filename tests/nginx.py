@@ -80,15 +80,22 @@ def render_site(values: dict[str, str]) -> str:
     require(envsubst is not None, "no envsubst: apt-get install gettext-base (make test does)")
     assert envsubst is not None
     assert sorted(values) == sorted(variable_names()), "give every template variable a value"
-    result = subprocess.run([envsubst, ENVSUBST_VARIABLES], input=TEMPLATE.read_text(), capture_output=True,
-                            text=True, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **values}, check=True)
+    result = subprocess.run(
+        [envsubst, ENVSUBST_VARIABLES],
+        input=TEMPLATE.read_text(),
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **values},
+        check=True,
+    )
     return result.stdout
 
 
 def main_config(folder: Path) -> str:
     """What a distribution's nginx.conf does for the site, with every path inside ``folder``."""
-    temp = "\n".join(f"    {kind}_temp_path {folder / kind};" for kind in ("client_body", "proxy", "fastcgi",
-                                                                              "uwsgi", "scgi"))
+    temp = "\n".join(
+        f"    {kind}_temp_path {folder / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     # As root, nginx would run its workers as "nobody", who cannot enter pytest's private tmp directory.
     user = "user root;\n" if os.geteuid() == 0 else ""
     return f"""{user}worker_processes 1;
@@ -137,8 +144,16 @@ class NginxProxy:
         return self.certificates.spki_sha256
 
     def command(self, *extra: str) -> list[str]:
-        return [NGINX, "-p", str(self.folder), "-c", str(self.folder / "nginx.conf"),
-                "-e", str(self.folder / "error.log"), *extra]
+        return [
+            NGINX,
+            "-p",
+            str(self.folder),
+            "-c",
+            str(self.folder / "nginx.conf"),
+            "-e",
+            str(self.folder / "error.log"),
+            *extra,
+        ]
 
     def log(self) -> str:
         path = self.folder / "error.log"
@@ -149,15 +164,17 @@ class NginxProxy:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.certificates = make_certificates(self.folder)
         self.port = free_port()
-        site = render_site({
-            "BIXWEB_UPSTREAM": f"127.0.0.1:{self.upstream_port}",
-            "BIXWEB_SERVER_NAME": "localhost",
-            "BIXWEB_LISTEN": f"127.0.0.1:{self.port}",
-            "BIXWEB_TLS_CERTIFICATE": str(self.certificates.chain),
-            "BIXWEB_TLS_CERTIFICATE_KEY": str(self.certificates.key),
-            "BIXWEB_ROOT": str(ROOT),
-            "BIXWEB_PROXY_READ_TIMEOUT": self.proxy_read_timeout,
-        })
+        site = render_site(
+            {
+                "BIXWEB_UPSTREAM": f"127.0.0.1:{self.upstream_port}",
+                "BIXWEB_SERVER_NAME": "localhost",
+                "BIXWEB_LISTEN": f"127.0.0.1:{self.port}",
+                "BIXWEB_TLS_CERTIFICATE": str(self.certificates.chain),
+                "BIXWEB_TLS_CERTIFICATE_KEY": str(self.certificates.key),
+                "BIXWEB_ROOT": str(ROOT),
+                "BIXWEB_PROXY_READ_TIMEOUT": self.proxy_read_timeout,
+            }
+        )
         (self.folder / "bixweb.conf").write_text(site)
         (self.folder / "nginx.conf").write_text(main_config(self.folder))
         check = subprocess.run(self.command("-t", "-q"), capture_output=True, text=True)

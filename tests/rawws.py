@@ -52,8 +52,13 @@ class RawSocket:
     ) -> tuple[int, dict[str, str], bytes, RawSocket]:
         """Send the upgrade request (and ``behind`` it, in the same write); the answer and the socket."""
         reader, writer = await asyncio.open_connection(server.host, server.port)
-        lines = [f"GET {path} HTTP/1.1", f"Host: {server.host}:{server.port}", "Upgrade: websocket",
-                 "Connection: Upgrade", f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}"]
+        lines = [
+            f"GET {path} HTTP/1.1",
+            f"Host: {server.host}:{server.port}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}",
+        ]
         if version is not None:
             lines.append(f"Sec-WebSocket-Version: {version}")
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + behind)
@@ -139,5 +144,3 @@ async def canary_on(server: TestServer) -> AsyncIterator[Canary]:
         yield canary
         assert canary.closed is None, f"the canary was closed with {canary.closed}"
         await canary.stop()
-
-

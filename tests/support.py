@@ -28,8 +28,14 @@ LISTENING = re.compile(rb"listening on http://[^:]+:(\d+)/")
 
 def fast_settings(**overrides: Any) -> Settings:
     """Settings for in-process tests: seeded, quick ticks, strict outbound validation."""
-    values: dict[str, Any] = {"port": 0, "seed": 7, "tick_rate": 20.0, "status_interval": 0.5, "strict": True,
-                              "data_dir": tempfile.mkdtemp(prefix="bixweb-test-")}
+    values: dict[str, Any] = {
+        "port": 0,
+        "seed": 7,
+        "tick_rate": 20.0,
+        "status_interval": 0.5,
+        "strict": True,
+        "data_dir": tempfile.mkdtemp(prefix="bixweb-test-"),
+    }
     values.update(overrides)
     return Settings(**values)
 
@@ -71,7 +77,10 @@ class ServerProcess:
     def start(self, timeout: float = 15.0) -> ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bixweb", *self.args],
-            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             preexec_fn=self._limit_files if self.open_files is not None else None,
         )
         assert self.proc.stdout is not None

@@ -29,15 +29,25 @@ T0 = 1_764_158_400_000
 SYMBOLS = ["BTCUSDT", "ETHUSDT"]
 
 
-def cross(condition: str = "above", level: float = 100.0, *, repeat: bool = False, id: str = "r1",
-          owner: str = "bot") -> Rule:
+def cross(
+    condition: str = "above", level: float = 100.0, *, repeat: bool = False, id: str = "r1", owner: str = "bot"
+) -> Rule:
     return Rule(id, "BTCUSDT", condition, level=level, repeat=repeat, owner=owner)  # type: ignore[arg-type]
 
 
-def move(pct: float = 2.0, window_s: float = 300.0, direction: str = "any", *, repeat: bool = False,
-         id: str = "m1") -> Rule:
-    return Rule(id, "BTCUSDT", "move", pct=pct, window_s=window_s, direction=direction,  # type: ignore[arg-type]
-                repeat=repeat, owner="bot")
+def move(
+    pct: float = 2.0, window_s: float = 300.0, direction: str = "any", *, repeat: bool = False, id: str = "m1"
+) -> Rule:
+    return Rule(
+        id,
+        "BTCUSDT",
+        "move",
+        pct=pct,
+        window_s=window_s,
+        direction=direction,  # type: ignore[arg-type]
+        repeat=repeat,
+        owner="bot",
+    )
 
 
 def fired_at(book: AlertBook, prices: Sequence[float], *, step_ms: int = 1_000, start: int = T0) -> list[int]:
@@ -75,9 +85,20 @@ def test_an_alert_carries_its_rule_price_time_and_seq() -> None:
     book.observe("BTCUSDT", 99.0, T0, 7)
     (alert,) = book.observe("BTCUSDT", 100.25, T0 + 250, 8).fired
     assert (alert.rule_id, alert.owner, alert.symbol, alert.condition, alert.level, alert.note) == (
-        "r1", "page-1", "BTCUSDT", "above", 100.0, "breakout")
-    assert (alert.price, alert.time_ms, alert.seq, alert.reference, alert.change_pct) == (100.25, T0 + 250, 8, None,
-                                                                                          None)
+        "r1",
+        "page-1",
+        "BTCUSDT",
+        "above",
+        100.0,
+        "breakout",
+    )
+    assert (alert.price, alert.time_ms, alert.seq, alert.reference, alert.change_pct) == (
+        100.25,
+        T0 + 250,
+        8,
+        None,
+        None,
+    )
     assert alert.id == f"r1:{T0 + 250}:8"
 
 
@@ -287,8 +308,7 @@ def test_the_book_reads_ticker_updates_from_the_market() -> None:
 
 
 def test_the_history_keeps_the_newest_alerts() -> None:
-    book = AlertBook([cross("above", repeat=True, owner="x"), cross("above", 100.0, repeat=True, id="r2",
-                                                                    owner="y")])
+    book = AlertBook([cross("above", repeat=True, owner="x"), cross("above", 100.0, repeat=True, id="r2", owner="y")])
     history = AlertHistory(limit=3)
     for n, price in enumerate([99, 101, 99, 101, 99, 101]):
         history.add(book.observe("BTCUSDT", price, T0 + n, n).fired)
@@ -305,22 +325,39 @@ def request(**fields: Any) -> dict[str, Any]:
 
 
 def make_rule(fields: dict[str, Any], existing: Sequence[Rule] = (), owner: str = "bot") -> Rule:
-    return rule_from_request(fields, symbols=SYMBOLS, owner=owner, existing=existing, new_id="new", now_ms=T0,
-                             request_id=7)
+    return rule_from_request(
+        fields, symbols=SYMBOLS, owner=owner, existing=existing, new_id="new", now_ms=T0, request_id=7
+    )
 
 
 def test_a_bot_request_makes_a_rule() -> None:
     rule = make_rule(request(note="  breakout ", repeat=True))
-    assert rule == Rule("new", "BTCUSDT", "above", level=100_000.0, note="breakout", repeat=True, owner="bot",
-                        created_ms=T0)
+    assert rule == Rule(
+        "new", "BTCUSDT", "above", level=100_000.0, note="breakout", repeat=True, owner="bot", created_ms=T0
+    )
 
 
 def test_a_dashboard_form_of_strings_makes_a_rule() -> None:
-    fields = {"symbol": "ETHUSDT", "condition": "move", "level": "", "pct": "2.5", "window_s": "300",
-              "direction": "down", "note": "", "repeat": "on", "headers": {"HX-Request": "true"}}
+    fields = {
+        "symbol": "ETHUSDT",
+        "condition": "move",
+        "level": "",
+        "pct": "2.5",
+        "window_s": "300",
+        "direction": "down",
+        "note": "",
+        "repeat": "on",
+        "headers": {"HX-Request": "true"},
+    }
     rule = make_rule(fields)
     assert (rule.condition, rule.pct, rule.window_s, rule.direction, rule.repeat, rule.level) == (
-        "move", 2.5, 300.0, "down", True, None)
+        "move",
+        2.5,
+        300.0,
+        "down",
+        True,
+        None,
+    )
     assert make_rule({**fields, "direction": "", "repeat": "0"}).direction == "any"
 
 
@@ -405,13 +442,15 @@ def test_there_are_so_many_rules_in_all() -> None:
 
 
 def make_annotation(fields: dict[str, Any], existing: Sequence[Annotation] = ()) -> Annotation:
-    return annotation_from_request(fields, symbols=SYMBOLS, owner="page-1", existing=existing, new_id="a1",
-                                   now_ms=T0, request_id="req")
+    return annotation_from_request(
+        fields, symbols=SYMBOLS, owner="page-1", existing=existing, new_id="a1", now_ms=T0, request_id="req"
+    )
 
 
 def test_an_annotation_request_makes_an_annotation() -> None:
     assert make_annotation({"symbol": "BTCUSDT", "price": "95012.5", "label": " support "}) == Annotation(
-        "a1", "BTCUSDT", 95012.5, "support", "page-1", T0)
+        "a1", "BTCUSDT", 95012.5, "support", "page-1", T0
+    )
     assert make_annotation({"symbol": "BTCUSDT", "price": 1, "label": "x" * 60}).label == "x" * 60
 
 

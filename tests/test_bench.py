@@ -113,15 +113,17 @@ def test_client_frames_are_masked_and_unmask_to_the_payload(size: int) -> None:
     frame = client_frame(OP_PONG, payload, key=b"\x01\x02\x03\x04")
     assert frame[0] == 0x80 | OP_PONG and frame[1] & 0x80
     head = {0: 2, 5: 2, 125: 2, 126: 4, 300: 4, 65536: 10}[size]
-    assert frame[head:head + 4] == b"\x01\x02\x03\x04"
-    assert mask(frame[head + 4:], b"\x01\x02\x03\x04") == payload
+    assert frame[head : head + 4] == b"\x01\x02\x03\x04"
+    assert mask(frame[head + 4 :], b"\x01\x02\x03\x04") == payload
 
 
 def test_handshake_accepts_a_101_with_the_right_token_only() -> None:
     key = "dGhlIHNhbXBsZSBub25jZQ=="
     assert accept_token(key) == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455, section 1.3
-    good = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
-            b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+    good = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+        b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+    )
     assert upgrade_reply(good[:40], key) == -1
     assert upgrade_reply(good + b"\x81\x00", key) == len(good)
     with pytest.raises(HandshakeError, match="400"):
@@ -156,8 +158,10 @@ class FakeTransport(asyncio.Transport):
 
 
 HANDSHAKE_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
-UPGRADED = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
-            b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+UPGRADED = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+    b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+)
 
 
 def deliver(client: WsClient, data: bytes) -> None:
@@ -326,10 +330,13 @@ def test_nice_ticks_are_round_and_cover_the_range() -> None:
 
 
 def fake_run(rate: float, p99: float | None) -> dict[str, Any]:
-    return {"throughput": {"messages_per_s": rate, "frames_per_s": rate / 20},
-            "latency_ms": {"p50": 1.0, "p90": 2.0, "p99": p99, "max": 9.0},
-            "server": {"cpu_pct": 50.0, "rss_per_connection_kb": 14.2}, "load": {"cpu_pct": 30.0},
-            "warnings": []}
+    return {
+        "throughput": {"messages_per_s": rate, "frames_per_s": rate / 20},
+        "latency_ms": {"p50": 1.0, "p90": 2.0, "p99": p99, "max": 9.0},
+        "server": {"cpu_pct": 50.0, "rss_per_connection_kb": 14.2},
+        "load": {"cpu_pct": 30.0},
+        "warnings": [],
+    }
 
 
 def test_the_sweep_plot_is_an_svg_with_a_line_per_series(tmp_path: Path) -> None:
@@ -359,9 +366,24 @@ def test_quick_is_a_preset_that_explicit_flags_override() -> None:
     quick = cli.options_from(parse("--quick"))
     assert (quick.clients, quick.duration, quick.workers) == (20, 2.0, 1)
     assert cli.options_from(parse("--quick", "--clients", "7")).clients == 7
-    full = cli.options_from(parse("--clients", "5000", "--symbols", "3", "--channels", "ticker,trades", "--rate", "50",
-                                  "--stalled", "5", "--source-addresses", "127.0.0.2,127.0.0.3",
-                                  "--server-args", "--outbox-messages 64"))
+    full = cli.options_from(
+        parse(
+            "--clients",
+            "5000",
+            "--symbols",
+            "3",
+            "--channels",
+            "ticker,trades",
+            "--rate",
+            "50",
+            "--stalled",
+            "5",
+            "--source-addresses",
+            "127.0.0.2,127.0.0.3",
+            "--server-args",
+            "--outbox-messages 64",
+        )
+    )
     assert full.channels == ("ticker", "trades") and full.sources == ("127.0.0.2", "127.0.0.3")
     assert full.server_args == ("--outbox-messages", "64") and full.connections == 5005
     assert bot_path(full) == "/ws?symbols=BTCUSDT,ETHUSDT,SOLUSDT&channels=ticker,trades"
@@ -394,22 +416,47 @@ def test_inconsistent_options_are_refused(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_help_lists_every_option() -> None:
-    out = subprocess.run([sys.executable, "-m", "bixweb", "bench", "--help"], cwd=ROOT, capture_output=True,
-                         text=True, check=True, timeout=30).stdout
-    for flag in ("--clients", "--ui-clients", "--symbols", "--channels", "--rate", "--duration", "--warmup",
-                 "--workers", "--url", "--server-pid", "--json", "--sweep", "--plot", "--stalled", "--quick",
-                 "--connect-concurrency", "--source-addresses", "--compression"):
+    out = subprocess.run(
+        [sys.executable, "-m", "bixweb", "bench", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    for flag in (
+        "--clients",
+        "--ui-clients",
+        "--symbols",
+        "--channels",
+        "--rate",
+        "--duration",
+        "--warmup",
+        "--workers",
+        "--url",
+        "--server-pid",
+        "--json",
+        "--sweep",
+        "--plot",
+        "--stalled",
+        "--quick",
+        "--connect-concurrency",
+        "--source-addresses",
+        "--compression",
+    ):
         assert flag in out, flag
-    serve_help = subprocess.run([sys.executable, "-m", "bixweb", "--help"], cwd=ROOT, capture_output=True,
-                                text=True, check=True, timeout=30).stdout
+    serve_help = subprocess.run(
+        [sys.executable, "-m", "bixweb", "--help"], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30
+    ).stdout
     assert "bench" in serve_help and "--tick-rate" in serve_help
 
 
 # --- end to end -------------------------------------------------------------------------------------------------
 
 
-def test_quick_run_against_a_real_server_reports_sane_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                                                              ) -> None:
+def test_quick_run_against_a_real_server_reports_sane_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "quick.json"
     assert cli.main(["--quick", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -427,8 +474,21 @@ def test_quick_run_against_a_real_server_reports_sane_figures(tmp_path: Path, ca
 
 def test_quick_sweep_with_dashboards_and_a_stalled_client_writes_json_and_svg(tmp_path: Path) -> None:
     out, plot = tmp_path / "sweep.json", tmp_path / "sweep.svg"
-    argv = ["--quick", "--duration", "1.5", "--ui-clients", "2", "--stalled", "1", "--sweep", "clients=5,10",
-            "--json", str(out), "--plot", str(plot)]
+    argv = [
+        "--quick",
+        "--duration",
+        "1.5",
+        "--ui-clients",
+        "2",
+        "--stalled",
+        "1",
+        "--sweep",
+        "clients=5,10",
+        "--json",
+        str(out),
+        "--plot",
+        str(plot),
+    ]
     assert cli.main(argv) == 0
     document = json.loads(out.read_text())
     assert document["sweep"] == {"name": "clients", "values": [5.0, 10.0]}
@@ -461,11 +521,24 @@ def test_a_tally_counts_the_frames_whose_first_ts_is_in_the_window_and_a_wire_th
     assert never.down == 0
 
 
-def sides(plain_msgs: int, deflate_msgs: int, *, plain_bytes: int = 60_000, deflate_bytes: int = 9_000,
-          deflate_wbits: int = 15) -> tuple[dict[str, Any], dict[str, Any]]:
+def sides(
+    plain_msgs: int,
+    deflate_msgs: int,
+    *,
+    plain_bytes: int = 60_000,
+    deflate_bytes: int = 9_000,
+    deflate_wbits: int = 15,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     def one(wbits: int, down: int, msgs: int) -> dict[str, Any]:
-        return compression.side(wbits, compression.Wire(down=down, up=10), compression.Tally(
-            frames=msgs // 20, messages=msgs, payload_bytes=msgs * 300, largest_messages=20, largest_bytes=6000), 2.0)
+        return compression.side(
+            wbits,
+            compression.Wire(down=down, up=10),
+            compression.Tally(
+                frames=msgs // 20, messages=msgs, payload_bytes=msgs * 300, largest_messages=20, largest_bytes=6000
+            ),
+            2.0,
+        )
+
     return one(0, plain_bytes, plain_msgs), one(deflate_wbits, deflate_bytes, deflate_msgs)
 
 
@@ -480,22 +553,40 @@ def test_compare_gives_ratio_and_saving_and_allows_one_tick_of_difference_only()
 
 
 def test_cost_is_the_cpu_of_deflating_bots_over_plain_ones_and_warnings_name_a_declined_offer() -> None:
-    deflate = {"clients": 100, "negotiated": 100, "frames": 10_000, "server_cpu_s": 1.3, "server_cpu_pct": 13.0,
-               "server_rss_kb": 80_000}
-    plain = {"clients": 100, "negotiated": 0, "frames": 10_000, "server_cpu_s": 0.5, "server_cpu_pct": 5.0,
-             "server_rss_kb": 55_000}
+    deflate = {
+        "clients": 100,
+        "negotiated": 100,
+        "frames": 10_000,
+        "server_cpu_s": 1.3,
+        "server_cpu_pct": 13.0,
+        "server_rss_kb": 80_000,
+    }
+    plain = {
+        "clients": 100,
+        "negotiated": 0,
+        "frames": 10_000,
+        "server_cpu_s": 0.5,
+        "server_cpu_pct": 5.0,
+        "server_rss_kb": 55_000,
+    }
     found = compression.cost(deflate, plain, 10.0)
     assert (found["extra_cpu_pct"], found["extra_cpu_pct_per_client"], found["extra_us_per_frame"]) == (8.0, 0.08, 80.0)
     assert found["extra_rss_kb_per_client"] == 250.0
     assert compression.cost({**deflate, "server_cpu_s": None}, plain, 10.0)["extra_cpu_pct"] is None
     plain_side, declined = sides(400, 400, deflate_bytes=60_000, deflate_wbits=0)
-    pair = {"case": "ticker x20", "plain": plain_side, "deflate": declined, **compression.compare(plain_side, declined),
-            "server_cpu_pct": 3.0}
+    pair = {
+        "case": "ticker x20",
+        "plain": plain_side,
+        "deflate": declined,
+        **compression.compare(plain_side, declined),
+        "server_cpu_pct": 3.0,
+    }
     crowd = compression.cost({**deflate, "negotiated": 0}, plain, 10.0)
     found_warnings = compression.warnings([pair], crowd)
     assert len(found_warnings) == 2 and "declined permessage-deflate" in found_warnings[0]
-    table = compression.format_compression({"cases": [pair], "cost": crowd, "warnings": found_warnings,
-                                            "config": {"cores": "server on core 0, load on 1"}})
+    table = compression.format_compression(
+        {"cases": [pair], "cost": crowd, "warnings": found_warnings, "config": {"cores": "server on core 0, load on 1"}}
+    )
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["subscription", "plain", "B/s"]
     assert lines[1].split()[:7] == ["ticker", "x20", "30.00k", "30.00k", "1.000", "0", "%"] and "same" in lines[1]
@@ -528,8 +619,9 @@ def test_compression_on_a_started_server_negotiates_deflate_and_sends_fewer_byte
         assert plain["messages"] > 0 and pair["same_data"], pair["case"]
         assert abs(plain["messages"] - deflate["messages"]) <= plain["largest_frame_messages"]
         # the relay counted real bytes: the plain bot's frames, give or take a frame at each edge, plus headers
-        assert abs(plain["down_bytes"] - plain["payload_bytes"]) <= 2 * plain["largest_frame_bytes"] + 4 * plain[
-            "frames"]
+        assert (
+            abs(plain["down_bytes"] - plain["payload_bytes"]) <= 2 * plain["largest_frame_bytes"] + 4 * plain["frames"]
+        )
     assert result["warnings"] == []
     printed = capsys.readouterr().out
     assert "ticker x20" in printed and "same" in printed and "WARNING" not in printed
@@ -538,9 +630,25 @@ def test_compression_on_a_started_server_negotiates_deflate_and_sends_fewer_byte
 def test_a_server_without_bot_compression_declines_the_offer(tmp_path: Path) -> None:
     out = tmp_path / "declined.json"
     with ServerChild(server_command(rate=10, symbols=DEFAULT_SYMBOLS[:3])) as server:
-        argv = ["--compression", "--url", f"ws://{server.host}:{server.port}/ws", "--server-pid", str(server.pid),
-                "--symbols", "3", "--channels", "ticker", "--clients", "2", "--duration", "0.5", "--warmup", "0.2",
-                "--json", str(out)]
+        argv = [
+            "--compression",
+            "--url",
+            f"ws://{server.host}:{server.port}/ws",
+            "--server-pid",
+            str(server.pid),
+            "--symbols",
+            "3",
+            "--channels",
+            "ticker",
+            "--clients",
+            "2",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.2",
+            "--json",
+            str(out),
+        ]
         assert cli.main(argv) == 0
     result = json.loads(out.read_text())
     (pair,) = result["cases"]

@@ -40,8 +40,7 @@ def frame(stream: str, data: dict[str, Any]) -> str:
 
 
 def test_every_symbol_gets_four_lowercase_streams_on_one_combined_url() -> None:
-    assert stream_names(["BTCUSDT"]) == ["btcusdt@ticker", "btcusdt@trade", "btcusdt@depth20@100ms",
-                                         "btcusdt@kline_1m"]
+    assert stream_names(["BTCUSDT"]) == ["btcusdt@ticker", "btcusdt@trade", "btcusdt@depth20@100ms", "btcusdt@kline_1m"]
     url = BinanceAdapter("ws://127.0.0.1:9/").connect_url(["BTCUSDT", "ETHUSDT"])
     assert url.startswith("ws://127.0.0.1:9/stream?streams=btcusdt@ticker/btcusdt@trade/")
     assert url.endswith("/ethusdt@depth20@100ms/ethusdt@kline_1m")
@@ -49,12 +48,34 @@ def test_every_symbol_gets_four_lowercase_streams_on_one_combined_url() -> None:
 
 
 def test_a_24h_ticker_becomes_the_exchanges_statistics() -> None:
-    data = ticker_event("BTCUSDT", last=95_000.5, bid=95_000.4, ask=95_000.6, open=93_000.0, high=96_000.0,
-                        low=92_000.0, volume=1234.5, quote_volume=117_000_000.25, time=T0)
-    assert parse_frame(frame("btcusdt@ticker", data), T0 + 7, 10) == Parsed((
-        TickerStats("BTCUSDT", price=95_000.5, bid=95_000.4, ask=95_000.6, open=93_000.0, high=96_000.0,
-                    low=92_000.0, volume=1234.5, quote_volume=117_000_000.25, time=T0),
-    ))
+    data = ticker_event(
+        "BTCUSDT",
+        last=95_000.5,
+        bid=95_000.4,
+        ask=95_000.6,
+        open=93_000.0,
+        high=96_000.0,
+        low=92_000.0,
+        volume=1234.5,
+        quote_volume=117_000_000.25,
+        time=T0,
+    )
+    assert parse_frame(frame("btcusdt@ticker", data), T0 + 7, 10) == Parsed(
+        (
+            TickerStats(
+                "BTCUSDT",
+                price=95_000.5,
+                bid=95_000.4,
+                ask=95_000.6,
+                open=93_000.0,
+                high=96_000.0,
+                low=92_000.0,
+                volume=1234.5,
+                quote_volume=117_000_000.25,
+                time=T0,
+            ),
+        )
+    )
 
 
 def test_a_trade_takes_the_takers_side_from_the_maker_flag() -> None:
@@ -62,7 +83,8 @@ def test_a_trade_takes_the_takers_side_from_the_maker_flag() -> None:
     bought = trade_event("ETHUSDT", 78, 3400.13, 0.25, buyer_is_maker=False, time=T0 + 1)
     assert parse_frame(frame("ethusdt@trade", sold), 0, 10).events == (Trade("ETHUSDT", 77, 3400.12, 0.5, "sell", T0),)
     assert parse_frame(frame("ethusdt@trade", bought), 0, 10).events == (
-        Trade("ETHUSDT", 78, 3400.13, 0.25, "buy", T0 + 1),)
+        Trade("ETHUSDT", 78, 3400.13, 0.25, "buy", T0 + 1),
+    )
 
 
 def test_partial_depth_takes_its_symbol_from_the_stream_and_its_time_from_receipt() -> None:
@@ -73,10 +95,12 @@ def test_partial_depth_takes_its_symbol_from_the_stream_and_its_time_from_receip
 
 
 def test_a_kline_becomes_the_exchanges_candle_of_its_interval() -> None:
-    data = kline_event("BTCUSDT", start=T0, open=1.0, high=3.0, low=0.5, close=2.0, volume=10.25, closed=True,
-                       time=T0 + 60_001)
+    data = kline_event(
+        "BTCUSDT", start=T0, open=1.0, high=3.0, low=0.5, close=2.0, volume=10.25, closed=True, time=T0 + 60_001
+    )
     assert parse_frame(frame("btcusdt@kline_1m", data), 0, 10).events == (
-        CandleUpdate("BTCUSDT", Interval.M1, Candle(T0, 1.0, 3.0, 0.5, 2.0, 10.25, True), T0 + 60_001),)
+        CandleUpdate("BTCUSDT", Interval.M1, Candle(T0, 1.0, 3.0, 0.5, 2.0, 10.25, True), T0 + 60_001),
+    )
 
 
 def test_replies_are_no_events_and_a_shutdown_notice_asks_for_a_new_connection() -> None:
@@ -106,12 +130,32 @@ GOOD_TRADE = trade_event("BTCUSDT", 5, 1.0, 1.0, buyer_is_maker=False, time=T0)
         (frame("btcusdt@trade", {**GOOD_TRADE, "e": "aggTrade"}), "another event type"),
         (frame("btcusdt@depth20@100ms", {"lastUpdateId": 1, "bids": [["1.0"]], "asks": []}), "not [price, quantity]"),
         (frame("btcusdt@depth20@100ms", {"bids": [], "asks": []}), "without 'lastUpdateId'"),
-        (frame("btcusdt@kline_1m", {**kline_event("BTCUSDT", start=T0, open=1, high=1, low=1, close=1, volume=1,
-                                                  closed=False, time=T0), "k": "SECRET"}), "'k' is not an object"),
-        (frame("btcusdt@kline_3m", kline_event("BTCUSDT", start=T0, open=1, high=1, low=1, close=1, volume=1,
-                                               closed=False, time=T0, interval="3m")), "interval"),
-        (frame("btcusdt@kline_1m", kline_event("BTCUSDT", start=T0 + 5, open=1, high=1, low=1, close=1, volume=1,
-                                               closed=False, time=T0)), "not the start of its interval"),
+        (
+            frame(
+                "btcusdt@kline_1m",
+                {
+                    **kline_event("BTCUSDT", start=T0, open=1, high=1, low=1, close=1, volume=1, closed=False, time=T0),
+                    "k": "SECRET",
+                },
+            ),
+            "'k' is not an object",
+        ),
+        (
+            frame(
+                "btcusdt@kline_3m",
+                kline_event(
+                    "BTCUSDT", start=T0, open=1, high=1, low=1, close=1, volume=1, closed=False, time=T0, interval="3m"
+                ),
+            ),
+            "interval",
+        ),
+        (
+            frame(
+                "btcusdt@kline_1m",
+                kline_event("BTCUSDT", start=T0 + 5, open=1, high=1, low=1, close=1, volume=1, closed=False, time=T0),
+            ),
+            "not the start of its interval",
+        ),
     ],
 )
 def test_a_malformed_frame_is_refused_naming_the_fault_not_the_content(text: str, fault: str) -> None:
@@ -131,8 +175,13 @@ def test_reconnect_delays_grow_exponentially_with_jitter_up_to_the_cap() -> None
 
 
 def test_binance_urls_are_checked_at_start_up() -> None:
-    feed = open_feed("binance://?url=ws://127.0.0.1:9&rotate=3600&silence=30&flush=0", symbols=SYMBOLS, seed=1,
-                     tick_rate=1.0, book_depth=5)
+    feed = open_feed(
+        "binance://?url=ws://127.0.0.1:9&rotate=3600&silence=30&flush=0",
+        symbols=SYMBOLS,
+        seed=1,
+        tick_rate=1.0,
+        book_depth=5,
+    )
     assert isinstance(feed, ExchangeFeed) and upstream_connected(feed) is False
     assert feed.options.rotate_after == 3600 and feed.options.silence == 30 and feed.options.flush == 0
     for url, fault in [
@@ -169,10 +218,25 @@ def test_while_two_connections_overlap_each_trade_counts_once_and_only_the_new_o
     take.newest = 1
     first = take.take([trade_frame(1, 1), trade_frame(1, 2), book_frame(1, 10.0)], T0)
     take.newest = 2
-    overlap = take.take([trade_frame(2, 2), trade_frame(1, 3), book_frame(1, 11.0), trade_frame(2, 3),
-                         trade_frame(2, 4), book_frame(2, 12.0)], T0)
+    overlap = take.take(
+        [
+            trade_frame(2, 2),
+            trade_frame(1, 3),
+            book_frame(1, 11.0),
+            trade_frame(2, 3),
+            trade_frame(2, 4),
+            book_frame(2, 12.0),
+        ],
+        T0,
+    )
     assert [(type(e).__name__, getattr(e, "id", None)) for e in first + overlap] == [
-        ("Trade", 1), ("Trade", 2), ("Book", None), ("Trade", 3), ("Trade", 4), ("Book", None)]
+        ("Trade", 1),
+        ("Trade", 2),
+        ("Book", None),
+        ("Trade", 3),
+        ("Trade", 4),
+        ("Book", None),
+    ]
     assert isinstance(overlap[-1], Book) and overlap[-1].best_bid == 12.0
 
 
@@ -228,8 +292,9 @@ async def exchange(aiohttp_server: Factory) -> tuple[FakeExchange, str]:
 
 async def start_app(aiohttp_client: Factory, feed: str | ExchangeFeed) -> TestClient[Any, Any]:
     """The real app on ``feed``: a feed URL (opened by the app, as ``--feed`` is) or a feed made here."""
-    settings = fast_settings(symbols=SYMBOLS, stale_after=1.0, status_interval=0.5,
-                             feed=feed if isinstance(feed, str) else "simulated://")
+    settings = fast_settings(
+        symbols=SYMBOLS, stale_after=1.0, status_interval=0.5, feed=feed if isinstance(feed, str) else "simulated://"
+    )
     app = create_app(settings, feed=None if isinstance(feed, str) else feed)
     client: TestClient[Any, Any] = await aiohttp_client(app)
     return client
@@ -243,8 +308,9 @@ async def messages(ws: aiohttp.ClientWebSocketResponse, timeout: float) -> list[
     return unwrap(frame)
 
 
-async def read_until(ws: aiohttp.ClientWebSocketResponse, done: Callable[[Message], bool],
-                     timeout: float = 5.0) -> list[Message]:
+async def read_until(
+    ws: aiohttp.ClientWebSocketResponse, done: Callable[[Message], bool], timeout: float = 5.0
+) -> list[Message]:
     """Messages up to and including the first for which ``done`` holds."""
     seen: list[Message] = []
     deadline = time.monotonic() + timeout
@@ -274,17 +340,38 @@ async def test_tickers_trades_books_and_candles_arrive_normalized(
     assert peer.streams == set(stream_names(SYMBOLS)) and not fake.refused
     async with client.ws_connect("/ws?symbols=BTCUSDT&channels=ticker,trades,book,candles_1m") as ws:
         await read_until(ws, lambda m: m["type"] == "initial_data")
-        await fake.publish("btcusdt@ticker", ticker_event(
-            "BTCUSDT", last=95_000.0, bid=94_999.0, ask=95_001.0, open=93_000.0, high=96_000.0, low=92_000.0,
-            volume=1234.5, quote_volume=117_000_000.0, time=T0 + 1_000))
+        await fake.publish(
+            "btcusdt@ticker",
+            ticker_event(
+                "BTCUSDT",
+                last=95_000.0,
+                bid=94_999.0,
+                ask=95_001.0,
+                open=93_000.0,
+                high=96_000.0,
+                low=92_000.0,
+                volume=1234.5,
+                quote_volume=117_000_000.0,
+                time=T0 + 1_000,
+            ),
+        )
         seen = await read_until(ws, lambda m: m["type"] == "market_update")
         assert seen[-1]["data"] == {
-            "price": 95_000.0, "bid": 94_999.0, "ask": 95_001.0, "open": 93_000.0, "high": 96_000.0, "low": 92_000.0,
-            "volume": 1234.5, "quote_volume": 117_000_000.0, "change": 2000.0, "change_pct": 2.1505,
-            "time": T0 + 1_000}
+            "price": 95_000.0,
+            "bid": 94_999.0,
+            "ask": 95_001.0,
+            "open": 93_000.0,
+            "high": 96_000.0,
+            "low": 92_000.0,
+            "volume": 1234.5,
+            "quote_volume": 117_000_000.0,
+            "change": 2000.0,
+            "change_pct": 2.1505,
+            "time": T0 + 1_000,
+        }
         trade_id = await fake.trade("BTCUSDT", 96_500.0, 0.25, buyer_is_maker=True, time=T0 + 2_000)
         seen = await read_until(ws, lambda m: m["type"] == "market_update" and m["data"]["price"] == 96_500.0)
-        trade, = [m for m in seen if m["type"] == "trade"]
+        (trade,) = [m for m in seen if m["type"] == "trade"]
         assert trade["data"] == {"id": trade_id, "price": 96_500.0, "qty": 0.25, "side": "sell", "time": T0 + 2_000}
         assert seen[-1]["data"]["high"] == 96_500.0  # the range stretches to the last price
         levels = [(96_499.0 - n, 1.0 + n) for n in range(20)], [(96_501.0 + n, 2.0 + n) for n in range(20)]
@@ -294,13 +381,30 @@ async def test_tickers_trades_books_and_candles_arrive_normalized(
         assert book["bids"] == [list(level) for level in levels[0][:10]]
         assert book["asks"] == [list(level) for level in levels[1][:10]]
         assert abs(book["time"] - time.time() * 1000) < 5_000
-        await fake.publish("btcusdt@kline_1m", kline_event(
-            "BTCUSDT", start=T0, open=95_100.0, high=96_600.0, low=94_900.0, close=96_500.0, volume=321.5,
-            closed=False, time=T0 + 2_100))
+        await fake.publish(
+            "btcusdt@kline_1m",
+            kline_event(
+                "BTCUSDT",
+                start=T0,
+                open=95_100.0,
+                high=96_600.0,
+                low=94_900.0,
+                close=96_500.0,
+                volume=321.5,
+                closed=False,
+                time=T0 + 2_100,
+            ),
+        )
         seen = await read_until(ws, lambda m: m["type"] == "candle" and m["data"]["volume"] == 321.5)
         assert seen[-1]["interval"] == "1m" and seen[-1]["data"] == {
-            "start": T0, "open": 95_100.0, "high": 96_600.0, "low": 94_900.0, "close": 96_500.0, "volume": 321.5,
-            "closed": False}
+            "start": T0,
+            "open": 95_100.0,
+            "high": 96_600.0,
+            "low": 94_900.0,
+            "close": 96_500.0,
+            "volume": 321.5,
+            "closed": False,
+        }
 
 
 async def test_a_dropped_or_closed_upstream_connection_is_made_again_and_data_flows(

@@ -51,19 +51,20 @@ async def collect(
 
 async def live(ws: aiohttp.ClientWebSocketResponse) -> list[Message]:
     """Read until the snapshot and a first live update have arrived (the market has ticked)."""
-    return await collect(ws, lambda ms: any(m["type"] == "initial_data" for m in ms)
-                         and any(m["type"] == "market_update" for m in ms))
+    return await collect(
+        ws, lambda ms: any(m["type"] == "initial_data" for m in ms) and any(m["type"] == "market_update" for m in ms)
+    )
 
 
 async def test_default_connection_gets_welcome_snapshot_then_updates_for_all_symbols(aiohttp_client: Factory) -> None:
     client = await make_client(aiohttp_client)
     symbols = set(client.app[SERVICE].market.symbols)
     async with client.ws_connect("/ws") as ws:
-        welcome, = await next_messages(ws)
+        (welcome,) = await next_messages(ws)
         assert welcome["type"] == "welcome" and welcome["protocol"] == 1
         assert set(welcome["symbols"]) == symbols and welcome["subscriptions"] == {"ticker": sorted(symbols)}
         assert welcome["heartbeat_s"] <= 30
-        snapshot, = await next_messages(ws)
+        (snapshot,) = await next_messages(ws)
         assert snapshot["type"] == "initial_data" and set(snapshot["tickers"]) == symbols
         seen = await collect(ws, lambda ms: {m["symbol"] for m in ms if m["type"] == "market_update"} == symbols, 2.0)
         assert {m["type"] for m in seen} <= {"market_update", "status"}
@@ -75,9 +76,9 @@ async def test_default_connection_gets_welcome_snapshot_then_updates_for_all_sym
 async def test_query_parameters_choose_the_initial_subscription(aiohttp_client: Factory) -> None:
     client = await make_client(aiohttp_client)
     async with client.ws_connect("/ws?symbols=BTCUSDT,ETHUSDT&channels=ticker,trades") as ws:
-        welcome, = await next_messages(ws)
+        (welcome,) = await next_messages(ws)
         assert welcome["subscriptions"] == {"ticker": ["BTCUSDT", "ETHUSDT"], "trades": ["BTCUSDT", "ETHUSDT"]}
-        snapshot, = await next_messages(ws)
+        (snapshot,) = await next_messages(ws)
         assert set(snapshot["tickers"]) == set(snapshot["trades"]) == {"BTCUSDT", "ETHUSDT"}
         seen = await collect(ws, lambda ms: sum(m["type"] == "trade" for m in ms) >= 5)
         assert {m.get("symbol") for m in seen if m["type"] != "status"} <= {"BTCUSDT", "ETHUSDT"}
@@ -93,9 +94,15 @@ async def test_query_parameters_choose_the_initial_subscription(aiohttp_client: 
 )
 async def test_a_bad_query_is_refused_before_the_upgrade(aiohttp_client: Factory, query: str, code: str) -> None:
     client = await make_client(aiohttp_client, max_subscriptions=100)
-    response = await client.get(f"/ws?{query}", headers={"Connection": "Upgrade", "Upgrade": "websocket",
-                                                          "Sec-WebSocket-Version": "13",
-                                                          "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    response = await client.get(
+        f"/ws?{query}",
+        headers={
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        },
+    )
     assert response.status == 400
     assert (await response.json())["code"] == code
 
@@ -104,13 +111,18 @@ async def test_subscribe_and_unsubscribe_are_acknowledged_with_their_ids(aiohttp
     client = await make_client(aiohttp_client)
     async with client.ws_connect("/ws?channels=ticker&symbols=ETHUSDT") as ws:
         await live(ws)
-        await ws.send_json({"type": "subscribe", "id": "s-1", "symbols": ["SOLUSDT"],
-                            "channels": ["trades", "book", "candles_1m"]})
+        await ws.send_json(
+            {"type": "subscribe", "id": "s-1", "symbols": ["SOLUSDT"], "channels": ["trades", "book", "candles_1m"]}
+        )
         seen = await collect(ws, lambda ms: any(m["type"] == "initial_data" for m in ms))
         ack = next(m for m in seen if m["type"] == "ack")
         assert ack["id"] == "s-1" and ack["op"] == "subscribe" and "recovered" not in ack
-        assert ack["subscriptions"] == {"book": ["SOLUSDT"], "candles_1m": ["SOLUSDT"], "ticker": ["ETHUSDT"],
-                                        "trades": ["SOLUSDT"]}
+        assert ack["subscriptions"] == {
+            "book": ["SOLUSDT"],
+            "candles_1m": ["SOLUSDT"],
+            "ticker": ["ETHUSDT"],
+            "trades": ["SOLUSDT"],
+        }
         snap = next(m for m in seen if m["type"] == "initial_data")
         assert seen.index(ack) < seen.index(snap)
         assert set(snap["seq"]) == {"trades:SOLUSDT", "book:SOLUSDT", "candles_1m:SOLUSDT"}
@@ -129,8 +141,14 @@ async def test_trades_book_and_candles_arrive_for_that_symbol_only_with_contiguo
     client = await make_client(aiohttp_client, tick_rate=40.0)
     async with client.ws_connect("/ws?channels=ticker&symbols=BTCUSDT") as ws:
         await collect(ws, lambda ms: any(m["type"] == "initial_data" for m in ms))
-        await ws.send_json({"type": "subscribe", "id": 1, "symbols": ["LINKUSDT"],
-                            "channels": ["trades", "book", "candles_1s", "candles_1m"]})
+        await ws.send_json(
+            {
+                "type": "subscribe",
+                "id": 1,
+                "symbols": ["LINKUSDT"],
+                "channels": ["trades", "book", "candles_1s", "candles_1m"],
+            }
+        )
         seen = await collect(ws, lambda ms: sum(m["type"] == "trade" for m in ms) >= 40, timeout=8.0)
     snap = next(m for m in seen if m["type"] == "initial_data")
     position = dict(snap["seq"])
@@ -146,8 +164,13 @@ async def test_trades_book_and_candles_arrive_for_that_symbol_only_with_contiguo
         channel = {"market_update": "ticker", "trade": "trades", "book": "book"}.get(m["type"])
         channel = channel or f"candles_{m['interval']}"
         streams.setdefault(f"{channel}:{m['symbol']}", []).append(m["seq"])
-    assert set(streams) == {"ticker:BTCUSDT", "trades:LINKUSDT", "book:LINKUSDT", "candles_1s:LINKUSDT",
-                            "candles_1m:LINKUSDT"}
+    assert set(streams) == {
+        "ticker:BTCUSDT",
+        "trades:LINKUSDT",
+        "book:LINKUSDT",
+        "candles_1s:LINKUSDT",
+        "candles_1m:LINKUSDT",
+    }
     for stream, seqs in streams.items():
         start = position[stream]
         expected_first = seqs[0] if start is None else start + 1
@@ -187,14 +210,17 @@ async def test_a_refused_subscribe_changes_nothing(aiohttp_client: Factory) -> N
     client = await make_client(aiohttp_client, max_subscriptions=3)
     async with client.ws_connect("/ws?symbols=BTCUSDT") as ws:
         await collect(ws, lambda ms: any(m["type"] == "initial_data" for m in ms))
-        await ws.send_json({"type": "subscribe", "id": 1, "symbols": ["ETHUSDT", "SOLUSDT", "BNBUSDT"],
-                            "channels": ["trades"]})
+        await ws.send_json(
+            {"type": "subscribe", "id": 1, "symbols": ["ETHUSDT", "SOLUSDT", "BNBUSDT"], "channels": ["trades"]}
+        )
         seen = await collect(ws, lambda ms: any(m["type"] == "error" for m in ms))
         assert next(m for m in seen if m["type"] == "error")["code"] == "too_many_subscriptions"
         await ws.send_json({"type": "subscribe", "id": 2, "symbols": ["ETHUSDT"], "channels": ["book"]})
         seen = await collect(ws, lambda ms: any(m["type"] == "ack" for m in ms))
-        assert next(m for m in seen if m["type"] == "ack")["subscriptions"] == {"book": ["ETHUSDT"],
-                                                                               "ticker": ["BTCUSDT"]}
+        assert next(m for m in seen if m["type"] == "ack")["subscriptions"] == {
+            "book": ["ETHUSDT"],
+            "ticker": ["BTCUSDT"],
+        }
 
 
 async def test_binary_frames_are_refused_with_an_error(aiohttp_client: Factory) -> None:
@@ -318,8 +344,17 @@ async def test_schemas_are_served_read_only_with_an_index(aiohttp_client: Factor
     client = await make_client(aiohttp_client)
     index = await (await client.get("/schemas/")).json()
     assert set(index["server"]) >= {"welcome", "trade", "batch"}
-    assert set(index["client"]) == {"subscribe", "unsubscribe", "ping", "alert_create", "alert_delete", "alert_list",
-                                    "annotation_add", "annotation_remove", "annotation_list"}
+    assert set(index["client"]) == {
+        "subscribe",
+        "unsubscribe",
+        "ping",
+        "alert_create",
+        "alert_delete",
+        "alert_list",
+        "annotation_add",
+        "annotation_remove",
+        "annotation_list",
+    }
     response = await client.get(index["server"]["trade"])
     assert response.status == 200 and response.content_type == "application/schema+json"
     assert (await response.json())["$id"].endswith("/schemas/server/trade.json")
@@ -370,11 +405,17 @@ async def test_resume_replays_missed_trades_with_their_seq(aiohttp_client: Facto
     last_ticker = max(m["seq"] for m in seen if m["type"] == "market_update")
     await asyncio.sleep(0.3)  # the market moves on meanwhile
     async with client.ws_connect("/ws?channels=none") as ws:
-        welcome, = await next_messages(ws)
+        (welcome,) = await next_messages(ws)
         assert welcome["type"] == "welcome" and welcome["subscriptions"] == {} and welcome["epoch"] == epoch
-        await ws.send_json({"type": "subscribe", "id": "r", "symbols": ["BTCUSDT"], "channels": ["trades", "ticker"],
-                            "since": {"epoch": epoch, "seq": {"trades:BTCUSDT": last_trade,
-                                                              "ticker:BTCUSDT": last_ticker}}})
+        await ws.send_json(
+            {
+                "type": "subscribe",
+                "id": "r",
+                "symbols": ["BTCUSDT"],
+                "channels": ["trades", "ticker"],
+                "since": {"epoch": epoch, "seq": {"trades:BTCUSDT": last_trade, "ticker:BTCUSDT": last_ticker}},
+            }
+        )
         resumed = await collect(ws, lambda ms: sum(m["type"] == "trade" for m in ms) >= 30)
     ack = resumed[0]
     assert ack["type"] == "ack" and ack["recovered"] is True
@@ -389,9 +430,16 @@ async def test_resume_replays_missed_trades_with_their_seq(aiohttp_client: Facto
 async def test_a_resume_from_another_epoch_gets_a_fresh_snapshot(aiohttp_client: Factory) -> None:
     client = await make_client(aiohttp_client)
     async with client.ws_connect("/ws?channels=none") as ws:
-        welcome, = await next_messages(ws)
-        await ws.send_json({"type": "subscribe", "id": 1, "symbols": ["ETHUSDT"], "channels": ["trades", "book"],
-                            "since": {"epoch": welcome["epoch"] - 1, "seq": {"trades:ETHUSDT": 5, "book:ETHUSDT": 5}}})
+        (welcome,) = await next_messages(ws)
+        await ws.send_json(
+            {
+                "type": "subscribe",
+                "id": 1,
+                "symbols": ["ETHUSDT"],
+                "channels": ["trades", "book"],
+                "since": {"epoch": welcome["epoch"] - 1, "seq": {"trades:ETHUSDT": 5, "book:ETHUSDT": 5}},
+            }
+        )
         seen = await collect(ws, lambda ms: any(m["type"] == "initial_data" for m in ms))
     ack = next(m for m in seen if m["type"] == "ack")
     snapshot = next(m for m in seen if m["type"] == "initial_data")

@@ -28,11 +28,15 @@ SYMBOLS = "BTCUSDT,ETHUSDT,SOLUSDT"
 
 
 def test_a_publication_survives_the_trip_byte_for_byte() -> None:
-    publication = Publication(epoch=17, number=42, parts=(
-        ("trades:BTCUSDT", b'{"type":"trade","seq":1}', False),
-        ("ticker:ÉTHUSDT", b"{}", True),
-        ("book:X", b"", True),
-    ))
+    publication = Publication(
+        epoch=17,
+        number=42,
+        parts=(
+            ("trades:BTCUSDT", b'{"type":"trade","seq":1}', False),
+            ("ticker:ÉTHUSDT", b"{}", True),
+            ("book:X", b"", True),
+        ),
+    )
     assert decode_publication(encode_publication(publication)) == publication
     payload = encode_publication(publication)
     for broken in (payload[:-1], payload + b"x", b"XXXX" + payload[4:], b"", payload[:10]):
@@ -51,8 +55,13 @@ class FeedProcess:
     """``python -m bixweb feed --broker …`` until stopped; its log is kept."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bixweb", "feed", *args], cwd=ROOT, env=os.environ.copy(),
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bixweb", "feed", *args],
+            cwd=ROOT,
+            env=os.environ.copy(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         self.output = b""
         self._seen = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
@@ -213,8 +222,17 @@ async def test_alerts_live_with_the_feed_process_and_every_web_process_sees_them
     one, two = server_process(*common), server_process(*common)
     async with websockets.connect(f"ws://127.0.0.1:{two.port}/ws?symbols=BTCUSDT&channels=alerts") as watcher:
         await watcher.recv()  # welcome
-        created = await desk_request(one.url, {"type": "alert_create", "symbol": "BTCUSDT", "condition": "move",
-                                               "pct": 0.0001, "window_s": 60, "note": "seen everywhere"})
+        created = await desk_request(
+            one.url,
+            {
+                "type": "alert_create",
+                "symbol": "BTCUSDT",
+                "condition": "move",
+                "pct": 0.0001,
+                "window_s": 60,
+                "note": "seen everywhere",
+            },
+        )
         assert created["type"] == "alert_rules" and created["op"] == "created", created
         rule = created["rules"][0]
         deadline = time.monotonic() + 10
@@ -228,8 +246,7 @@ async def test_alerts_live_with_the_feed_process_and_every_web_process_sees_them
     assert alert["data"]["rule_id"] == rule["id"] and alert["data"]["note"] == "seen everywhere"
     added = await desk_request(two.url, {"type": "annotation_add", "symbol": "ETHUSDT", "price": 3000, "label": "x"})
     assert added["op"] == "added", added
-    bad = await desk_request(two.url, {"type": "alert_create", "symbol": "NOPEUSDT", "condition": "above",
-                                       "level": 1})
+    bad = await desk_request(two.url, {"type": "alert_create", "symbol": "NOPEUSDT", "condition": "above", "level": 1})
     assert (bad["type"], bad["code"]) == ("error", "unknown_symbol")  # checked by the feed process's desk
     await asyncio.sleep(0.5)  # the desk's state travels through Redis
     for web in (one, two):

@@ -119,8 +119,12 @@ async def test_phone_and_desktop_layouts_in_light_and_dark(browser: Any, server_
     server = server_process()
     url = f"http://127.0.0.1:{server.port}/"
     backgrounds = {}
-    for name, width, scheme in (("phone-390", 390, "light"), ("desktop-1280", 1280, "light"),
-                                ("phone-390-dark", 390, "dark"), ("desktop-1280-dark", 1280, "dark")):
+    for name, width, scheme in (
+        ("phone-390", 390, "light"),
+        ("desktop-1280", 1280, "light"),
+        ("phone-390-dark", 390, "dark"),
+        ("desktop-1280-dark", 1280, "dark"),
+    ):
         page, log = await open_page(browser, url, viewport={"width": width, "height": 844}, color_scheme=scheme)
         await page.locator("#chart svg .candles g").first.wait_for()
         scroll_width = await page.evaluate("document.documentElement.scrollWidth")
@@ -133,6 +137,7 @@ async def test_phone_and_desktop_layouts_in_light_and_dark(browser: Any, server_
 
 
 def test_the_repo_tracks_no_javascript() -> None:
-    tracked = subprocess.run(["git", "ls-files", "*.js", "*.mjs", "*.cjs", "*.ts"], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.js", "*.mjs", "*.cjs", "*.ts"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert tracked == []

@@ -44,8 +44,18 @@ async def test_a_bot_rule_that_fires_shows_a_notification_and_a_history_entry(
     page, log = await open_page(browser, f"http://127.0.0.1:{server.port}/")
     assert not await page.locator("#alerts").is_visible()  # nothing to notify yet
     async with websockets.connect(server.url + "?channels=none") as bot:
-        await request(bot, {"type": "alert_create", "id": 1, "symbol": "BTCUSDT", "condition": "move",
-                            "pct": 0.0001, "window_s": 60, "note": "any wiggle"})
+        await request(
+            bot,
+            {
+                "type": "alert_create",
+                "id": 1,
+                "symbol": "BTCUSDT",
+                "condition": "move",
+                "pct": 0.0001,
+                "window_s": 60,
+                "note": "any wiggle",
+            },
+        )
         notification = page.locator("#alerts .alert", has_text="any wiggle").first
         await notification.wait_for(state="visible", timeout=5_000)
         assert "BTCUSDT" in await notification.inner_text()
@@ -60,8 +70,7 @@ async def test_a_bot_annotation_appears_on_the_chart_of_an_open_page(browser: An
     await page.evaluate("window.bixwebMarker = 'same page'")
     price = await page_price(page)
     async with websockets.connect(server.url + "?channels=none") as bot:
-        await request(bot, {"type": "annotation_add", "id": 1, "symbol": "BTCUSDT", "price": price,
-                            "label": "support"})
+        await request(bot, {"type": "annotation_add", "id": 1, "symbol": "BTCUSDT", "price": price, "label": "support"})
     line = page.locator("#chart svg g.annotation", has_text="support")
     await line.wait_for(timeout=3_000)
     y = float(await line.locator("line").get_attribute("y1") or "nan")
@@ -89,10 +98,21 @@ async def test_rules_history_and_annotations_are_on_the_dashboard_after_a_restar
     await page.locator("#alert-form button").click()
     await page.locator("#alert-rules li", has_text="moon").wait_for(timeout=3_000)
     async with websockets.connect(first.url + "?channels=none") as bot:
-        await request(bot, {"type": "alert_create", "id": 1, "symbol": "BTCUSDT", "condition": "move",
-                            "pct": 0.0001, "window_s": 60, "note": "fired before"})
-        await request(bot, {"type": "annotation_add", "id": 2, "symbol": "BTCUSDT", "price": price,
-                            "label": "kept line"})
+        await request(
+            bot,
+            {
+                "type": "alert_create",
+                "id": 1,
+                "symbol": "BTCUSDT",
+                "condition": "move",
+                "pct": 0.0001,
+                "window_s": 60,
+                "note": "fired before",
+            },
+        )
+        await request(
+            bot, {"type": "annotation_add", "id": 2, "symbol": "BTCUSDT", "price": price, "label": "kept line"}
+        )
     await page.locator("#alert-history li", has_text="fired before").first.wait_for(timeout=5_000)
     await page.context.close()
     assert first.stop() == 0

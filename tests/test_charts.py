@@ -222,8 +222,16 @@ def test_a_flat_series_is_drawn_in_the_middle() -> None:
 def test_annotation_lines_sit_at_their_price_and_lines_off_the_plot_are_left_out() -> None:
     candles = series()
     plain = build_chart(candles)
-    chart = build_chart(candles, lines=[(candles[-1].close, "last close"), (110.0, "mid"), (1_000.0, "far"),
-                                        (1.0, "floor"), (float("nan"), "nan")])
+    chart = build_chart(
+        candles,
+        lines=[
+            (candles[-1].close, "last close"),
+            (110.0, "mid"),
+            (1_000.0, "far"),
+            (1.0, "floor"),
+            (float("nan"), "nan"),
+        ],
+    )
     assert chart.price_labels == plain.price_labels, "lines do not stretch the scale"
     assert [line.label for line in chart.lines] == ["last close", "mid"]
     last, mid = chart.lines

@@ -124,10 +124,20 @@ def snapshot(epoch: int, seq: dict[str, int], **parts: Any) -> Message:
 
 
 def test_resume_requests_carry_since_for_every_stream_they_name() -> None:
-    wanted = {("ticker", "BTCUSDT"), ("trades", "BTCUSDT"), ("trades", "ETHUSDT"), ("book", "ETHUSDT"),
-              ("ticker", "SOLUSDT")}
-    positions = {"ticker:BTCUSDT": (7, 10), "trades:BTCUSDT": (7, 20), "trades:ETHUSDT": (7, 30),
-                 "book:ETHUSDT": (7, 5), "book:XRPUSDT": (7, 1)}
+    wanted = {
+        ("ticker", "BTCUSDT"),
+        ("trades", "BTCUSDT"),
+        ("trades", "ETHUSDT"),
+        ("book", "ETHUSDT"),
+        ("ticker", "SOLUSDT"),
+    }
+    positions = {
+        "ticker:BTCUSDT": (7, 10),
+        "trades:BTCUSDT": (7, 20),
+        "trades:ETHUSDT": (7, 30),
+        "book:ETHUSDT": (7, 5),
+        "book:XRPUSDT": (7, 1),
+    }
     assert resume_requests(wanted, positions) == [
         (["ETHUSDT"], ["book"], Since(7, {"book:ETHUSDT": 5})),
         (["BTCUSDT"], ["ticker"], Since(7, {"ticker:BTCUSDT": 10})),
@@ -135,8 +145,9 @@ def test_resume_requests_carry_since_for_every_stream_they_name() -> None:
         (["SOLUSDT"], ["ticker"], None),  # no position: start over from a snapshot
     ]
     # streams seen in different epochs never share a since
-    two_epochs = resume_requests({("ticker", "BTCUSDT"), ("ticker", "ETHUSDT")},
-                                 {"ticker:BTCUSDT": (1, 3), "ticker:ETHUSDT": (2, 4)})
+    two_epochs = resume_requests(
+        {("ticker", "BTCUSDT"), ("ticker", "ETHUSDT")}, {"ticker:BTCUSDT": (1, 3), "ticker:ETHUSDT": (2, 4)}
+    )
     assert [since for _, _, since in two_epochs] == [Since(1, {"ticker:BTCUSDT": 3}), Since(2, {"ticker:ETHUSDT": 4})]
     assert resume_requests(set(), positions) == []
 
@@ -242,8 +253,12 @@ def test_market_view_snapshots_start_streams_over_and_leave_out_bad_books() -> N
     assert view.ticker("ETHUSDT") is None  # no price in the new epoch yet
     assert view.book("BTCUSDT") == book_data(50.0) and view.book("ETHUSDT") is None
     assert view.epoch == 2 and view.checksum_failures == 1
-    assert view.positions() == {"trades:BTCUSDT": (1, 14), "ticker:ETHUSDT": (2, 0), "book:BTCUSDT": (2, 4),
-                                "book:ETHUSDT": (2, 8)}
+    assert view.positions() == {
+        "trades:BTCUSDT": (1, 14),
+        "ticker:ETHUSDT": (2, 0),
+        "book:BTCUSDT": (2, 4),
+        "book:ETHUSDT": (2, 8),
+    }
     view.reset()
     assert view.positions() == {} and view.book("BTCUSDT") is not None  # values stay, positions go
 
@@ -297,9 +312,7 @@ def test_client_module_does_not_import_aiohttp_web() -> None:
 
 
 @pytest.mark.timeout(20)
-async def test_receives_welcome_initial_data_and_updates(
-    bixweb_server: TestServer, make_client: ClientFactory
-) -> None:
+async def test_receives_welcome_initial_data_and_updates(bixweb_server: TestServer, make_client: ClientFactory) -> None:
     seen: list[Message] = []
     client = make_client(ws_url(bixweb_server), callbacks=[seen.append])
     await client.connect()
@@ -464,8 +477,12 @@ async def test_resumes_after_the_server_drops_the_connection(
     server = await make_bixweb_server(tick_rate=40.0)
     seen: list[Message] = []
     client = make_client(
-        ws_url(server), symbols="BTCUSDT,ETHUSDT", channels="ticker,trades,book",
-        reconnect_initial=0.3, reconnect_max=0.3, rng=random.Random(0),  # waits 0.25 s, then 0.23 s
+        ws_url(server),
+        symbols="BTCUSDT,ETHUSDT",
+        channels="ticker,trades,book",
+        reconnect_initial=0.3,
+        reconnect_max=0.3,
+        rng=random.Random(0),  # waits 0.25 s, then 0.23 s
         callbacks=[seen.append],
     )
     market = server.app[SERVICE].market
@@ -507,7 +524,9 @@ async def test_resumes_after_the_server_drops_the_connection(
 @pytest.mark.timeout(20)
 @pytest.mark.parametrize("replay_depth", [1_000, 1])
 async def test_a_missed_trade_is_a_gap_that_a_resync_fills(
-    make_bixweb_server: ServerFactory, make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch,
+    make_bixweb_server: ServerFactory,
+    make_client: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
     replay_depth: int,
 ) -> None:
     server = await make_bixweb_server(tick_rate=40.0, replay_depth=replay_depth)
@@ -646,8 +665,12 @@ async def test_resumes_after_a_server_restart_from_fresh_snapshots(
     first = server_process(*args)
     seen: list[Message] = []
     client = make_client(
-        first.url, symbols="BTCUSDT,SOLUSDT", channels="ticker",
-        reconnect_initial=0.2, reconnect_max=1.0, callbacks=[seen.append],
+        first.url,
+        symbols="BTCUSDT,SOLUSDT",
+        channels="ticker",
+        reconnect_initial=0.2,
+        reconnect_max=1.0,
+        callbacks=[seen.append],
     )
     await client.connect()
     await client.subscribe(["ETHUSDT"], ["trades"])
@@ -677,12 +700,14 @@ async def test_resumes_after_a_server_restart_from_fresh_snapshots(
     assert welcome["epoch"] == client.epoch
     acks = of_type(after, "ack")  # one subscribe with since per group, each refused a replay
     assert [(a["op"], a["symbols"], a["channels"], a["recovered"]) for a in acks] == [
-        ("subscribe", ["BTCUSDT"], ["ticker"], False), ("subscribe", ["ETHUSDT"], ["trades"], False)
+        ("subscribe", ["BTCUSDT"], ["ticker"], False),
+        ("subscribe", ["ETHUSDT"], ["trades"], False),
     ]
     assert acks[-1]["subscriptions"] == wanted == client.subscriptions
     snapshots = of_type(after, "initial_data")
     assert [(s["recovered"], s["epoch"], list(s["seq"])) for s in snapshots] == [
-        (False, client.epoch, ["ticker:BTCUSDT"]), (False, client.epoch, ["trades:ETHUSDT"])
+        (False, client.epoch, ["ticker:BTCUSDT"]),
+        (False, client.epoch, ["trades:ETHUSDT"]),
     ]
     # the view started over in the new epoch
     assert {epoch for epoch, _ in client.view.positions().values()} == {client.epoch}

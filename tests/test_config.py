@@ -44,8 +44,12 @@ def test_bad_values_name_their_source(flags: dict[str, str], env: dict[str, str]
 
 def test_access_and_limit_options() -> None:
     settings = settings_from(
-        {"trusted_proxies": "127.0.0.1, 10.0.0.0/8", "allowed_origins": "https://App.example.com/",
-         "max_connections_per_client": "0", "open_bots": "true"},
+        {
+            "trusted_proxies": "127.0.0.1, 10.0.0.0/8",
+            "allowed_origins": "https://App.example.com/",
+            "max_connections_per_client": "0",
+            "open_bots": "true",
+        },
         {"BIXWEB_TOKENS": "aaaaaaaaaaaaaaaaaaaa,bbbbbbbbbbbbbbbbbbbb", "BIXWEB_LOG_FORMAT": "JSON"},
     )
     assert settings.trusted_proxies == ("127.0.0.1", "10.0.0.0/8")

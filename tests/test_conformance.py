@@ -54,11 +54,14 @@ BAD_FRAMES: dict[str, tuple[bytes, int]] = {
     "unmasked ping": (frame(PING, b"p", mask=False), 1002),
     "unmasked close": (frame(CLOSE, struct.pack("!H", 1000), mask=False), 1002),
     "unmasked after a good frame sent byte by byte": (
-        frame(TEXT, b'{"type":"ping"}') + frame(BINARY, mask=False), 1002),
+        frame(TEXT, b'{"type":"ping"}') + frame(BINARY, mask=False),
+        1002,
+    ),
     "close with a 1-byte payload": (frame(CLOSE, b"\x03"), 1002),
     "close reason not UTF-8": (close_frame(1000, b"\xff"), 1007),
-    **{f"close {code}": (close_frame(code), 1002)
-       for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535)},
+    **{
+        f"close {code}": (close_frame(code), 1002) for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535)
+    },
     **{f"close {code} (echoed)": (close_frame(code, b"bye"), code) for code in (1000, 1001, 1011, 3000, 4000, 4999)},
 }
 
@@ -79,7 +82,8 @@ async def close_code_for(server: TestServer, path: str, name: str, data: bytes) 
 
 
 async def test_bad_frames_get_the_rfc_close_code_on_both_sockets_while_a_canary_reads(
-    aiohttp_server: ServerFactory, caplog: pytest.LogCaptureFixture,
+    aiohttp_server: ServerFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
     server = await serve(aiohttp_server)
@@ -109,11 +113,15 @@ async def test_a_bad_frame_right_behind_the_handshake_is_checked_too(aiohttp_ser
         await raw.finish()
 
 
-@pytest.mark.parametrize(("bad", "code"), [
-    (frame(TEXT, b"{}", mask=False), 1002),  # refused by bixweb's check
-    (frame(TEXT, b"\xff"), 1007),  # by aiohttp's reader
-    (frame(TEXT, b" " * 20_000), 1009),  # by aiohttp's reader, above max_message_bytes
-], ids=["unmasked", "not-utf8", "too-big"])
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [
+        (frame(TEXT, b"{}", mask=False), 1002),  # refused by bixweb's check
+        (frame(TEXT, b"\xff"), 1007),  # by aiohttp's reader
+        (frame(TEXT, b" " * 20_000), 1009),  # by aiohttp's reader, above max_message_bytes
+    ],
+    ids=["unmasked", "not-utf8", "too-big"],
+)
 async def test_what_came_before_a_refused_frame_is_still_answered(
     aiohttp_server: ServerFactory, bad: bytes, code: int
 ) -> None:
@@ -240,8 +248,10 @@ async def test_floods_get_their_rate_limited_errors_then_a_clean_1008_every_time
         for _ in range(10):  # three flooders at a time, ten times
             outcomes += await asyncio.gather(*(flood_once(server, 300) for _ in range(3)))
         gap = canary.longest_gap(started)
-    figures = [(code, sum(m["type"] == "error" for m in replies), sum(m["type"] == "pong" for m in replies))
-               for code, replies in outcomes]
+    figures = [
+        (code, sum(m["type"] == "error" for m in replies), sum(m["type"] == "pong" for m in replies))
+        for code, replies in outcomes
+    ]
     print(f"\nfloods (close code, rate_limited, pongs): {figures}; the canary's longest gap {gap:.3f} s")
     for code, replies in outcomes:
         assert code == 1008, figures

@@ -49,9 +49,14 @@ def live(seq: int) -> tuple[bytes, tuple[tuple[str, bytes, bool], ...]]:
 
 def connection(peer: Peer, *, outbox_messages: int = 10) -> Connection:
     request: Any = SimpleNamespace(remote="127.0.0.1", transport=None)  # no transport: every frame via the writer
-    conn = Connection(peer, request, kind="bot",  # type: ignore[arg-type]
-                      outbox=Outbox(max_messages=outbox_messages, max_bytes=1_000_000),
-                      backlog=Backlog(chunk=10), close_timeout=0.1)
+    conn = Connection(
+        peer,
+        request,
+        kind="bot",  # type: ignore[arg-type]
+        outbox=Outbox(max_messages=outbox_messages, max_bytes=1_000_000),
+        backlog=Backlog(chunk=10),
+        close_timeout=0.1,
+    )
     conn.start()
     return conn
 

@@ -54,6 +54,8 @@ def cpu_bound_us() -> float:
     slower than the development machine (never tighter)."""
     reference = hostile.cost_us(lambda _: reference_work(), "", statistic=min)
     return CPU_BOUND_US * max(1.0, reference / REFERENCE_US_HERE)
+
+
 LATENCY_BOUND_S = 0.050
 """The issue's bound on /healthz and canary lag, p99."""
 HOSTILE_RATE = 18.0
@@ -101,10 +103,17 @@ def test_the_8101_error_frame_is_refused_before_it_is_parsed() -> None:
     assert (caught.value.code, caught.value.path) == ("invalid_message", "$")
 
 
-@pytest.mark.parametrize(("text", "values"), [
-    ('{"a": 1}', 1), ('{"a": [1, 2, 3]}', 4), ('{"a": "x,y[z{"}', 1), ('{"a": "q\\"[,", "b": [{}]}', 4),
-    ('{"a": "\\\\", "b": 2}', 2), ("[]", 1),
-])
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        ('{"a": 1}', 1),
+        ('{"a": [1, 2, 3]}', 4),
+        ('{"a": "x,y[z{"}', 1),
+        ('{"a": "q\\"[,", "b": [{}]}', 4),
+        ('{"a": "\\\\", "b": 2}', 2),
+        ("[]", 1),
+    ],
+)
 def test_values_are_counted_outside_strings(text: str, values: int) -> None:
     padding = " " + "[]," * MAX_VALUES  # over the bound, so the count is the exact one, strings left out
     assert count_values(f"[{text},{padding}0]") == values + 2 * MAX_VALUES + 2
@@ -120,8 +129,9 @@ def test_the_largest_valid_messages_are_within_the_bounds() -> None:
     frame = hostile.largest_valid_subscribe()
     assert count_values(frame) <= MAX_VALUES
     assert isinstance(protocol.parse_client_message(frame), protocol.Subscribe)
-    assert isinstance(protocol.parse_client_message(json.dumps({"type": "ping", "id": [[[[]]]]} | {"id": 1})),
-                      protocol.Ping)
+    assert isinstance(
+        protocol.parse_client_message(json.dumps({"type": "ping", "id": [[[[]]]]} | {"id": 1})), protocol.Ping
+    )
 
 
 def test_nesting_past_the_bound_is_refused_and_at_the_bound_is_validated() -> None:
@@ -184,8 +194,9 @@ Session = aiohttp.ClientSession | TestClient[Any, Any]
 """Where the clients connect: a session on a server process, or the in-process app's client."""
 
 
-async def hostile_client(session: Session, path: str, frame: str, go: asyncio.Event,
-                         stop: asyncio.Event, watch: Watch, *, reconnect: bool) -> None:
+async def hostile_client(
+    session: Session, path: str, frame: str, go: asyncio.Event, stop: asyncio.Event, watch: Watch, *, reconnect: bool
+) -> None:
     """Connect; from ``go`` on send ``frame`` at :data:`HOSTILE_RATE` and read the answers; reconnect when closed."""
     while not stop.is_set():
         async with session.ws_connect(path) as ws:
@@ -233,13 +244,26 @@ async def canary(session: Session, interval: float, stop: asyncio.Event, watch: 
                 last = now
 
 
-async def under_attack(session: Session, path: str, frame: str, *, attackers: int, interval: float,
-                       seconds: float = 4.0, warm_up: float = 1.5, reconnect: bool = True) -> Watch:
+async def under_attack(
+    session: Session,
+    path: str,
+    frame: str,
+    *,
+    attackers: int,
+    interval: float,
+    seconds: float = 4.0,
+    warm_up: float = 1.5,
+    reconnect: bool = True,
+) -> Watch:
     watch, go, stop = Watch(), asyncio.Event(), asyncio.Event()
-    tasks = [asyncio.create_task(canary(session, interval, stop, watch)),
-             asyncio.create_task(poll_healthz(session, stop, watch))]
-    tasks += [asyncio.create_task(hostile_client(session, path, frame, go, stop, watch, reconnect=reconnect))
-              for _ in range(attackers)]
+    tasks = [
+        asyncio.create_task(canary(session, interval, stop, watch)),
+        asyncio.create_task(poll_healthz(session, stop, watch)),
+    ]
+    tasks += [
+        asyncio.create_task(hostile_client(session, path, frame, go, stop, watch, reconnect=reconnect))
+        for _ in range(attackers)
+    ]
     await asyncio.sleep(warm_up)  # everybody connected (a dashboard page's first render compiles its templates)
     watch.healthz_s.clear()
     watch.canary_gaps_s.clear()
@@ -247,9 +271,11 @@ async def under_attack(session: Session, path: str, frame: str, *, attackers: in
     await asyncio.sleep(seconds)
     stop.set()
     await asyncio.gather(*tasks)
-    print(f"\n{attackers} x {path}: sent {watch.hostile_sent}, closed {watch.hostile_closes}; /healthz p99 "
-          f"{p99(watch.healthz_s) * 1000:.1f} ms (n={len(watch.healthz_s)}), canary lag p99 "
-          f"{p99(watch.canary_gaps_s) * 1000:.1f} ms (n={len(watch.canary_gaps_s)})")
+    print(
+        f"\n{attackers} x {path}: sent {watch.hostile_sent}, closed {watch.hostile_closes}; /healthz p99 "
+        f"{p99(watch.healthz_s) * 1000:.1f} ms (n={len(watch.healthz_s)}), canary lag p99 "
+        f"{p99(watch.canary_gaps_s) * 1000:.1f} ms (n={len(watch.canary_gaps_s)})"
+    )
     return watch
 
 
@@ -277,8 +303,9 @@ async def server(server_process: Callable[..., ServerProcess]) -> AsyncIterator[
 
 @pytest.mark.parametrize("attackers", [1, 5])
 async def test_the_8101_error_frame_at_18_per_s_stalls_nobody(server: aiohttp.ClientSession, attackers: int) -> None:
-    watch = await under_attack(server, "/ws?channels=none", hostile.ZEROS_FRAME, attackers=attackers,
-                               interval=1 / TICK_RATE)
+    watch = await under_attack(
+        server, "/ws?channels=none", hostile.ZEROS_FRAME, attackers=attackers, interval=1 / TICK_RATE
+    )
     assert_unharmed(watch)
 
 
@@ -287,8 +314,14 @@ async def test_the_2000_header_action_on_the_dashboard_socket_stalls_nobody(
     server: aiohttp.ClientSession, attackers: int
 ) -> None:
     # not reconnecting: a page's connect renders the whole page (~7 ms), which is not what is measured here
-    watch = await under_attack(server, "/ws/ui?page=hostile-page-0001", hostile.HEADERS_FRAME, attackers=attackers,
-                               interval=1 / TICK_RATE, reconnect=False)
+    watch = await under_attack(
+        server,
+        "/ws/ui?page=hostile-page-0001",
+        hostile.HEADERS_FRAME,
+        attackers=attackers,
+        interval=1 / TICK_RATE,
+        reconnect=False,
+    )
     assert_unharmed(watch)
 
 
@@ -300,8 +333,9 @@ async def test_the_costliest_bot_messages_stall_nobody(server: aiohttp.ClientSes
 # -- the budget: failing clients are throttled, then closed ----------------------------------
 
 
-async def answers_until_closed(ws: aiohttp.ClientWebSocketResponse, frame: str, *, rate: float,
-                               seconds: float) -> tuple[list[str | None], float]:
+async def answers_until_closed(
+    ws: aiohttp.ClientWebSocketResponse, frame: str, *, rate: float, seconds: float
+) -> tuple[list[str | None], float]:
     """Send ``frame`` at ``rate`` until closed (or ``seconds``); the error codes seen, and when it closed."""
     codes: list[str | None] = []
     started = time.monotonic()
@@ -325,8 +359,10 @@ async def test_a_client_whose_messages_keep_failing_is_throttled_then_closed_wit
     aiohttp_client: Factory,
 ) -> None:
     client = await make_client(aiohttp_client)
-    async with client.ws_connect("/ws?channels=ticker&symbols=BTCUSDT") as polite, \
-            client.ws_connect("/ws?channels=none") as failing:
+    async with (
+        client.ws_connect("/ws?channels=ticker&symbols=BTCUSDT") as polite,
+        client.ws_connect("/ws?channels=none") as failing,
+    ):
         pongs: list[int] = []
         sent = 0
 
@@ -358,8 +394,10 @@ async def test_a_client_whose_messages_keep_failing_is_throttled_then_closed_wit
 
 async def test_a_dashboard_page_whose_actions_keep_failing_is_closed_with_1008(aiohttp_client: Factory) -> None:
     client = await make_client(aiohttp_client)
-    async with client.ws_connect("/ws/ui?page=failing-page-0001") as failing, \
-            client.ws_connect("/ws?channels=ticker&symbols=BTCUSDT") as bystander:
+    async with (
+        client.ws_connect("/ws/ui?page=failing-page-0001") as failing,
+        client.ws_connect("/ws?channels=ticker&symbols=BTCUSDT") as bystander,
+    ):
         _, took = await answers_until_closed(failing, hostile.HEADERS_FRAME, rate=HOSTILE_RATE, seconds=15)
         assert failing.close_code == 1008 and took < 10, (failing.close_code, took)
         msg = await bystander.receive(timeout=3)
@@ -373,8 +411,9 @@ async def test_a_well_behaved_client_near_the_rate_limit_is_never_throttled(aioh
         assert not ws.closed and codes == []
 
 
-async def test_a_flood_of_refusals_logs_a_few_lines_not_one_each(aiohttp_client: Factory,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_flood_of_refusals_logs_a_few_lines_not_one_each(
+    aiohttp_client: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
     client = await make_client(aiohttp_client, max_messages_per_s=1_000.0)  # refused for content, not rate
     with caplog.at_level("INFO", logger="bixweb"):
         async with client.ws_connect("/ws?channels=none") as ws:

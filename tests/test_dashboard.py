@@ -36,11 +36,21 @@ def action(**values: object) -> bytes:
 
 def test_view_actions_change_symbol_interval_average_and_period() -> None:
     view = PageView("BTCUSDT", ("BTCUSDT",))
-    view = apply_action(view, parse_action(action(action="view", symbol="ETHUSDT", interval="5m", average="ema",
-                                                  period="50")), SYMBOLS)
+    view = apply_action(
+        view, parse_action(action(action="view", symbol="ETHUSDT", interval="5m", average="ema", period="50")), SYMBOLS
+    )
     assert view == PageView("ETHUSDT", ("BTCUSDT",), Interval.M5, "ema", 50)
-    assert view.fragments() == {"ticker:BTCUSDT", "chart:ETHUSDT:5m:ema:50", "trades:ETHUSDT", "book:ETHUSDT",
-                                "status", "alerts", "alert-history", "alert-rules", "annotations:ETHUSDT"}
+    assert view.fragments() == {
+        "ticker:BTCUSDT",
+        "chart:ETHUSDT:5m:ema:50",
+        "trades:ETHUSDT",
+        "book:ETHUSDT",
+        "status",
+        "alerts",
+        "alert-history",
+        "alert-rules",
+        "annotations:ETHUSDT",
+    }
 
 
 def test_watch_and_unwatch_change_the_watchlist() -> None:
@@ -142,8 +152,9 @@ def test_desk_changes_are_rendered_once_and_reach_every_page_that_shows_them(tmp
     board.desk.create_rule({"symbol": "ETHUSDT", "condition": "above", "level": "99999"}, owner="bot", now_ms=T0)
     board.flush()
     assert board.renders == 1  # alert-rules, once for four pages
-    assert all('id="alert-rules"' in p.frames[-1].decode() and "above 99,999" in p.frames[-1].decode()
-               for p in [*btc, sol])
+    assert all(
+        'id="alert-rules"' in p.frames[-1].decode() and "above 99,999" in p.frames[-1].decode() for p in [*btc, sol]
+    )
     board.desk.add_annotation({"symbol": "BTCUSDT", "price": 95_000, "label": "round"}, owner="bot", now_ms=T0)
     board.flush()
     assert board.renders == 3  # the BTC line list and the BTC chart; nothing for the SOL page
@@ -158,8 +169,11 @@ def test_fired_alerts_reach_every_page_as_a_notification_and_a_history_entry(tmp
     pages = [Page(), Page()]
     board.hub.add(pages[0], board.default_view().fragments())
     board.hub.add(pages[1], PageView("SOLUSDT", ()).fragments())
-    board.desk.create_rule({"symbol": "BTCUSDT", "condition": "move", "pct": "0.0001", "window_s": "60",
-                            "note": "wiggle"}, owner="bot", now_ms=T0)
+    board.desk.create_rule(
+        {"symbol": "BTCUSDT", "condition": "move", "pct": "0.0001", "window_s": "60", "note": "wiggle"},
+        owner="bot",
+        now_ms=T0,
+    )
     board.flush()
     sim = SimulatedMarket(SYMBOLS, seed=4)
     fired = []
@@ -180,20 +194,35 @@ def test_a_page_frame_has_the_desk_fragments(tmp_path: Path) -> None:
     for fragment_id in ("alerts", "alert-history", "alert-rules", "alert-form", "annotations"):
         assert f'id="{fragment_id}"' in frame
     assert "not available" not in frame
-    assert "alerts are not available on this server" in dashboard().page_frame(
-        board.default_view(), Status("live", 1, T0)).decode()
+    assert (
+        "alerts are not available on this server"
+        in dashboard().page_frame(board.default_view(), Status("live", 1, T0)).decode()
+    )
 
 
 async def test_desk_forms_create_and_delete_rules_and_lines_through_the_desk(tmp_path: Path) -> None:
     board = desk_board(tmp_path)
     assert board.desk is not None
-    form = {"action": "alert_create", "symbol": "BTCUSDT", "condition": "above", "level": "95000.5",
-            "pct": "", "window_s": "60", "note": "breakout", "repeat": "on"}  # the move inputs come along
+    form = {
+        "action": "alert_create",
+        "symbol": "BTCUSDT",
+        "condition": "above",
+        "level": "95000.5",
+        "pct": "",
+        "window_s": "60",
+        "note": "breakout",
+        "repeat": "on",
+    }  # the move inputs come along
     reply = await board.desk_action(parse_action(action(**form)), page="page-one", now_ms=T0)
     assert reply is not None and b'id="alert-form"' in reply  # a fresh form for the page that sent it
     (rule,) = board.desk.rules()
     assert (rule.condition, rule.level, rule.repeat, rule.note, rule.owner) == (
-        "above", 95_000.5, True, "breakout", "page:page-one")
+        "above",
+        95_000.5,
+        True,
+        "breakout",
+        "page:page-one",
+    )
     move = {**form, "condition": "move", "pct": "0.5", "level": "123"}
     await board.desk_action(parse_action(action(**move)), page="page-one", now_ms=T0)
     assert board.desk.rules()[1].pct == 0.5 and board.desk.rules()[1].level is None
@@ -214,9 +243,15 @@ async def test_desk_forms_create_and_delete_rules_and_lines_through_the_desk(tmp
     assert caught.value.code == "unavailable"
 
 
-@pytest.mark.parametrize("values", [{"action": "alert_delete"}, {"action": "annotation_remove"},
-                                    {"action": "alert_create", "symbol": "BTCUSDT"},
-                                    {"action": "annotation_add", "price": "1"}])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"action": "alert_delete"},
+        {"action": "annotation_remove"},
+        {"action": "alert_create", "symbol": "BTCUSDT"},
+        {"action": "annotation_add", "price": "1"},
+    ],
+)
 def test_desk_forms_without_their_required_fields_are_refused(values: dict[str, str]) -> None:
     with pytest.raises(ProtocolError):
         parse_action(action(**values))

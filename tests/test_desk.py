@@ -35,8 +35,11 @@ async def until(ws: Any, wanted: Callable[[Message], bool], timeout: float = 5.0
     while True:
         left = deadline - time.monotonic()
         assert left > 0, "timed out"
-        raw = await (ws.receive_str(timeout=left) if isinstance(ws, aiohttp.ClientWebSocketResponse)
-                     else asyncio.wait_for(ws.recv(), left))
+        raw = await (
+            ws.receive_str(timeout=left)
+            if isinstance(ws, aiohttp.ClientWebSocketResponse)
+            else asyncio.wait_for(ws.recv(), left)
+        )
         frame = json.loads(raw)
         assert_valid(frame)
         for message in unwrap(frame):
@@ -53,8 +56,17 @@ async def test_a_rule_near_the_price_fires_once_for_subscribers_and_lands_in_the
 ) -> None:
     client = await make_client(aiohttp_client, symbols=("BTCUSDT", "ETHUSDT"))
     ws = await client.ws_connect("/ws?symbols=BTCUSDT&channels=ticker,alerts")
-    await ws.send_json({"type": "alert_create", "id": 1, "symbol": "BTCUSDT", "condition": "move",
-                        "pct": 0.0001, "window_s": 60, "note": "any wiggle"})
+    await ws.send_json(
+        {
+            "type": "alert_create",
+            "id": 1,
+            "symbol": "BTCUSDT",
+            "condition": "move",
+            "pct": 0.0001,
+            "window_s": 60,
+            "note": "any wiggle",
+        }
+    )
     created = await until(ws, reply(1))
     assert created["type"] == "alert_rules" and created["op"] == "created"
     rule = created["rules"][0]
@@ -72,8 +84,16 @@ async def test_a_rule_near_the_price_fires_once_for_subscribers_and_lands_in_the
 async def test_rules_and_annotations_are_created_listed_and_deleted(aiohttp_client: Factory) -> None:
     client = await make_client(aiohttp_client, symbols=("BTCUSDT",))
     ws = await client.ws_connect("/ws?channels=none")
-    await ws.send_json({"type": "alert_create", "id": 1, "symbol": "BTCUSDT", "condition": "above",
-                        "level": 10_000_000, "repeat": True})
+    await ws.send_json(
+        {
+            "type": "alert_create",
+            "id": 1,
+            "symbol": "BTCUSDT",
+            "condition": "above",
+            "level": 10_000_000,
+            "repeat": True,
+        }
+    )
     rule = (await until(ws, reply(1)))["rules"][0]
     await ws.send_json({"type": "annotation_add", "id": 2, "symbol": "BTCUSDT", "price": 50_000, "label": "support"})
     annotation = (await until(ws, reply(2)))["annotations"][0]
@@ -120,8 +140,9 @@ async def test_too_many_rules_per_client_are_refused(aiohttp_client: Factory) ->
     client = await make_client(aiohttp_client, symbols=("BTCUSDT",), max_messages_per_s=1000.0)
     ws = await client.ws_connect("/ws?channels=none")
     for n in range(MAX_RULES_PER_OWNER + 1):
-        await ws.send_json({"type": "alert_create", "id": n, "symbol": "BTCUSDT", "condition": "above",
-                            "level": 10_000_000 + n})
+        await ws.send_json(
+            {"type": "alert_create", "id": n, "symbol": "BTCUSDT", "condition": "above", "level": 10_000_000 + n}
+        )
         answer = await until(ws, reply(n))
     assert answer["code"] == "too_many_rules"
     await ws.send_json({"type": "alert_list", "id": "list"})
@@ -133,15 +154,39 @@ async def test_rules_history_and_annotations_survive_a_restart(server_process: S
     data = ["--data-dir", str(tmp_path / "data"), "--symbols", "BTCUSDT,ETHUSDT"]
     first = server_process(*data)
     async with websockets.connect(first.url + "?symbols=BTCUSDT&channels=alerts") as ws:
-        await ws.send(json.dumps({"type": "alert_create", "id": 1, "symbol": "ETHUSDT", "condition": "below",
-                                  "level": 0.01, "note": "keep me", "repeat": True}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "alert_create",
+                    "id": 1,
+                    "symbol": "ETHUSDT",
+                    "condition": "below",
+                    "level": 0.01,
+                    "note": "keep me",
+                    "repeat": True,
+                }
+            )
+        )
         kept = (await until(ws, reply(1)))["rules"][0]
-        await ws.send(json.dumps({"type": "alert_create", "id": 2, "symbol": "BTCUSDT", "condition": "move",
-                                  "pct": 0.0001, "window_s": 30}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "alert_create",
+                    "id": 2,
+                    "symbol": "BTCUSDT",
+                    "condition": "move",
+                    "pct": 0.0001,
+                    "window_s": 30,
+                }
+            )
+        )
         await until(ws, reply(2))
         fired = await until(ws, lambda m: m["type"] == "alert")
-        await ws.send(json.dumps({"type": "annotation_add", "id": 3, "symbol": "BTCUSDT", "price": 42_000,
-                                  "label": "round number"}))
+        await ws.send(
+            json.dumps(
+                {"type": "annotation_add", "id": 3, "symbol": "BTCUSDT", "price": 42_000, "label": "round number"}
+            )
+        )
         annotation = (await until(ws, reply(3)))["annotations"][0]
     assert first.stop() == 0
     second = server_process(*data)
@@ -157,8 +202,13 @@ async def test_rules_history_and_annotations_survive_a_restart(server_process: S
 
 def test_a_corrupt_store_stops_the_start_with_a_clear_message(tmp_path: Path) -> None:
     (tmp_path / "bixweb.sqlite3").write_bytes(b"this is not a database, it is a shopping list" * 100)
-    result = subprocess.run([sys.executable, "-m", "bixweb", "--port", "0", "--data-dir", str(tmp_path)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "bixweb", "--port", "0", "--data-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert str(tmp_path / "bixweb.sqlite3") in result.stderr and "Traceback" not in result.stderr
 
@@ -166,8 +216,11 @@ def test_a_corrupt_store_stops_the_start_with_a_clear_message(tmp_path: Path) ->
 def ticker(price: float, seq: int) -> Any:
     from bixweb.market import Outgoing
 
-    return Outgoing("ticker:BTCUSDT", {"type": "market_update", "symbol": "BTCUSDT", "seq": seq,
-                                       "data": {"price": price, "time": 1_000 * seq}}, True)
+    return Outgoing(
+        "ticker:BTCUSDT",
+        {"type": "market_update", "symbol": "BTCUSDT", "seq": seq, "data": {"price": price, "time": 1_000 * seq}},
+        True,
+    )
 
 
 def test_the_desk_writes_fired_alerts_off_the_market_path_and_retries_what_failed(tmp_path: Path) -> None:

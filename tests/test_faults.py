@@ -205,8 +205,9 @@ async def test_a_slow_link_gets_conflated_state_or_4008_and_costs_a_direct_clien
         async with FaultProxy(port_of(server), socket_buffer=65_536) as proxy:
             proxy.latency_ms = 50
             proxy.bandwidth = 150_000
-            slow_ws = await session.ws_connect(f"http://127.0.0.1:{proxy.port}/ws?channels={ALL_CHANNELS}",
-                                               max_msg_size=0)
+            slow_ws = await session.ws_connect(
+                f"http://127.0.0.1:{proxy.port}/ws?channels={ALL_CHANNELS}", max_msg_size=0
+            )
             welcome = await receive_json(slow_ws)
             conn = connection_of(server, welcome["session"])
             slow = Recorder(slow_ws, keep_frames=True)
@@ -418,8 +419,10 @@ async def test_a_flood_is_refused_then_closed_with_1008_while_others_carry_on(ai
         await bystander.stop()
 
     errors = [m for m in replies if m["type"] == "error"]
-    print(f"\nflood: {len(replies)} replies, {len(errors)} rate_limited, close {flooder.close_code}, "
-          f"{flood_end - flood_start:.2f} s")
+    print(
+        f"\nflood: {len(replies)} replies, {len(errors)} rate_limited, close {flooder.close_code}, "
+        f"{flood_end - flood_start:.2f} s"
+    )
     assert errors and {e["code"] for e in errors} == {"rate_limited"}
     assert flooder.close_code == 1008
     assert len(bystander.between(flood_start, flood_end)) >= 20 * (flood_end - flood_start)

@@ -74,8 +74,11 @@ class ServerThread:
 
     @property
     def errors(self) -> list[str]:
-        return [f"{r.name} {r.levelname} {r.getMessage()} {r.exc_text or ''}" for r in self.records
-                if r.levelno >= logging.ERROR]
+        return [
+            f"{r.name} {r.levelname} {r.getMessage()} {r.exc_text or ''}"
+            for r in self.records
+            if r.levelno >= logging.ERROR
+        ]
 
     @property
     def url(self) -> str:
@@ -217,8 +220,13 @@ class Fixture:
 @pytest.fixture(scope="module")
 def target() -> Iterator[Fixture]:
     # short histories keep snapshots and replays small: each is validated twice (strict server, and here)
-    fuzzed = fast_settings(max_messages_per_s=100_000, max_message_bytes=MAX_MESSAGE_BYTES,
-                           history_points=5, trade_history=5, replay_depth=64)
+    fuzzed = fast_settings(
+        max_messages_per_s=100_000,
+        max_message_bytes=MAX_MESSAGE_BYTES,
+        history_points=5,
+        trade_history=5,
+        replay_depth=64,
+    )
     with ServerThread(fuzzed) as server:
         canary = Canary(server.url)
         prober = Prober(server.url)
@@ -270,11 +278,17 @@ def check_reply(frame: Frame, replies: list[Message]) -> Message:
 SYMBOLS = st.sampled_from(DEFAULT_SYMBOLS)
 CHANNEL_NAMES = st.sampled_from(CHANNELS)
 scalars = (
-    st.none() | st.booleans() | st.integers() | st.integers(min_value=2**63 - 5, max_value=2**64 + 5)
-    | st.floats() | st.text() | st.text(alphabet=st.characters(codec="utf-8", min_codepoint=0x80))
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=2**63 - 5, max_value=2**64 + 5)
+    | st.floats()
+    | st.text()
+    | st.text(alphabet=st.characters(codec="utf-8", min_codepoint=0x80))
 )
 json_values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=24,
 )
 
@@ -292,14 +306,18 @@ request_ids = st.integers() | st.text(max_size=70) | any_json
 symbol_like = SYMBOLS | st.just("*") | st.from_regex(r"[A-Z0-9]{1,22}", fullmatch=True) | st.text(max_size=24)
 channel_like = CHANNEL_NAMES | st.text(max_size=40)
 stream_key_like = st.builds(lambda c, s: f"{c}:{s}", CHANNEL_NAMES, SYMBOLS) | st.text(max_size=30)
-since_like = st.fixed_dictionaries(
-    {}, optional={
-        "epoch": st.integers(min_value=-1) | any_json,
-        "seq": st.dictionaries(stream_key_like, st.integers(min_value=-2, max_value=2**64) | any_json, max_size=4)
-        | any_json,
-        "extra": any_json,
-    },
-) | any_json
+since_like = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "epoch": st.integers(min_value=-1) | any_json,
+            "seq": st.dictionaries(stream_key_like, st.integers(min_value=-2, max_value=2**64) | any_json, max_size=4)
+            | any_json,
+            "extra": any_json,
+        },
+    )
+    | any_json
+)
 
 
 def encode(value: Any) -> str:
@@ -322,9 +340,15 @@ def delivered(draw: st.DrawFn, text: st.SearchStrategy[str]) -> Frame:
 
 
 valid_json_messages = st.builds(
-    encode, st.fixed_dictionaries({"type": st.sampled_from(["subscribe", "unsubscribe", "ping"])},
-                                  optional={"id": request_ids, "symbols": st.lists(SYMBOLS, min_size=1, max_size=3),
-                                            "channels": st.lists(CHANNEL_NAMES, min_size=1, max_size=2)}),
+    encode,
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["subscribe", "unsubscribe", "ping"])},
+        optional={
+            "id": request_ids,
+            "symbols": st.lists(SYMBOLS, min_size=1, max_size=3),
+            "channels": st.lists(CHANNEL_NAMES, min_size=1, max_size=2),
+        },
+    ),
 )
 
 
@@ -347,13 +371,18 @@ def broken_json(draw: st.DrawFn) -> str:
 def message_like(draw: st.DrawFn) -> Any:
     """Objects shaped like client messages: known and unknown types; fields missing, extra or mistyped."""
     message_type = draw(st.sampled_from(["subscribe", "unsubscribe", "ping"]) | st.text(max_size=20) | any_json)
-    fields = draw(st.fixed_dictionaries({}, optional={
-        "type": st.just(message_type),
-        "id": request_ids,
-        "symbols": st.lists(symbol_like, max_size=205) | any_json,
-        "channels": st.lists(channel_like, max_size=18) | any_json,
-        "since": since_like,
-    }))
+    fields = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "type": st.just(message_type),
+                "id": request_ids,
+                "symbols": st.lists(symbol_like, max_size=205) | any_json,
+                "channels": st.lists(channel_like, max_size=18) | any_json,
+                "since": since_like,
+            },
+        )
+    )
     extra = draw(st.dictionaries(st.text(max_size=12), any_json, max_size=3))
     return {**extra, **fields} if draw(st.booleans()) else {**fields, **extra}
 
@@ -365,13 +394,17 @@ CURRENT_EPOCH = "<the server's epoch>"
 def plausible_requests(draw: st.DrawFn) -> dict[str, Any]:
     """Subscribes and unsubscribes a bot might send, some with ``since``; a few names are wrong."""
     every_symbol = draw(st.integers(0, 7)) == 0  # rarely: its snapshot is 20 times the size
-    symbols = ["*"] if every_symbol else draw(
-        st.lists(SYMBOLS | st.just("NOPEUSDT"), min_size=1, max_size=4, unique=True)
+    symbols = (
+        ["*"] if every_symbol else draw(st.lists(SYMBOLS | st.just("NOPEUSDT"), min_size=1, max_size=4, unique=True))
     )
-    channels = draw(st.lists(CHANNEL_NAMES | st.just("tickers"), min_size=1, max_size=1 if every_symbol else 3,
-                             unique=True))
-    request: dict[str, Any] = {"type": draw(st.sampled_from(["subscribe", "subscribe", "unsubscribe"])),
-                               "symbols": symbols, "channels": channels}
+    channels = draw(
+        st.lists(CHANNEL_NAMES | st.just("tickers"), min_size=1, max_size=1 if every_symbol else 3, unique=True)
+    )
+    request: dict[str, Any] = {
+        "type": draw(st.sampled_from(["subscribe", "subscribe", "unsubscribe"])),
+        "symbols": symbols,
+        "channels": channels,
+    }
     if draw(st.booleans()):
         request["id"] = draw(st.integers(-(2**63), 2**64 - 1) | st.text(max_size=64))
     if request["type"] == "subscribe" and draw(st.booleans()):
@@ -515,9 +548,11 @@ def test_the_canary_was_fed_throughout_and_nothing_was_logged_as_an_error(target
     ended = time.monotonic()
     arrivals = [target.started, *canary.arrivals, ended]
     longest_gap = max(b - a for a, b in itertools.pairwise(arrivals))
-    print(f"\nfuzz: {target.prober.examples} examples in {ended - target.started:.1f} s; canary got "
-          f"{len(canary.arrivals)} market_update frames, longest gap {longest_gap:.2f} s; "
-          f"{len(server.records)} log records kept, {len(server.errors)} at ERROR")
+    print(
+        f"\nfuzz: {target.prober.examples} examples in {ended - target.started:.1f} s; canary got "
+        f"{len(canary.arrivals)} market_update frames, longest gap {longest_gap:.2f} s; "
+        f"{len(server.records)} log records kept, {len(server.errors)} at ERROR"
+    )
     assert longest_gap < 2.0, longest_gap
     assert any(r.name.startswith("bixweb") for r in server.records), "the server's log was not captured"
     assert not server.errors, server.errors[:5]

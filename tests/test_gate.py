@@ -27,8 +27,13 @@ async def make_client(aiohttp_client: Factory, **overrides: Any) -> TestClient[A
 
 async def refused(client: TestClient[Any, Any], path: str, **kwargs: Any) -> tuple[int, dict[str, Any], Any]:
     """Try a handshake that must fail; its status, JSON body and headers (no 101)."""
-    headers = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", **kwargs.pop("headers", {})}
+    headers = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        **kwargs.pop("headers", {}),
+    }
     response = await client.get(path, headers=headers, **kwargs)
     assert response.status != 101
     return response.status, await response.json(), response.headers
@@ -108,8 +113,9 @@ async def test_forwarded_headers_count_only_from_a_trusted_proxy(aiohttp_client:
 
 
 async def test_one_address_gets_its_share_others_keep_being_served(aiohttp_client: Factory) -> None:
-    client = await make_client(aiohttp_client, max_connections_per_client=2, trusted_proxies=("127.0.0.1",),
-                               open_bots=True)
+    client = await make_client(
+        aiohttp_client, max_connections_per_client=2, trusted_proxies=("127.0.0.1",), open_bots=True
+    )
     me, other = {"X-Forwarded-For": "203.0.113.1"}, {"X-Forwarded-For": "203.0.113.2"}
     first = await welcomed(client, "/ws?symbols=BTCUSDT", headers=me)
     second = await welcomed(client, headers=me)

@@ -67,8 +67,9 @@ async def canary(server: TestServer) -> AsyncIterator[list[float]]:
     """A bot reading BTCUSDT's ticker throughout; yields the arrival times of its frames."""
     arrivals: list[float] = []
     async with aiohttp.ClientSession() as session:
-        ws = await session.ws_connect(server.make_url("/ws?symbols=BTCUSDT&channels=ticker"),
-                                      headers={"Authorization": f"Bearer {TOKEN}"})
+        ws = await session.ws_connect(
+            server.make_url("/ws?symbols=BTCUSDT&channels=ticker"), headers={"Authorization": f"Bearer {TOKEN}"}
+        )
 
         async def read() -> None:
             async for msg in ws:
@@ -143,8 +144,10 @@ async def test_plain_connections_count_against_the_per_client_limit(aiohttp_serv
     assert service.limits.held_by("127.0.0.1") == 3
     status, headers, body = await exchange(server, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert (status, json.loads(body)["code"], headers["retry-after"]) == (429, "too_many_connections", "5")
-    upgrade = (b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-               b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    upgrade = (
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
     status, _, body = await exchange(server, upgrade)
     assert (status, json.loads(body)["code"]) == (429, "too_many_connections")
     status, _, _ = await exchange(server, HEAD)  # a probe is answered even so
@@ -192,26 +195,31 @@ async def test_a_request_refused_before_routing_gets_one_access_line_and_no_trac
 
 async def test_bad_header_bytes_get_401_or_400_never_500(aiohttp_server: Factory) -> None:
     server = await start(aiohttp_server, tokens=(TOKEN,))
-    upgrade = (b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+    upgrade = (
+        b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    )
     status, headers, body = await exchange(
-        server, b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \xff\xfe\xc3(-not-utf-8\r\n" + upgrade
-        + b"\r\n")
+        server,
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \xff\xfe\xc3(-not-utf-8\r\n" + upgrade + b"\r\n",
+    )
     assert (status, json.loads(body)["code"]) == (401, "invalid_token")
     assert "invalid_token" in headers["www-authenticate"]
     for host in (b"[::1", b"\xff\xfe", b"[", b"evil.example:\xff"):
         status, _, _ = await exchange(server, b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
         assert status in (400, 403), (host, status)
-    status, _, _ = await exchange(server, b"GET /ws/ui?page=abcdefghijkl HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                                  b"Origin: http://[\r\n" + upgrade + b"\r\n")
+    status, _, _ = await exchange(
+        server, b"GET /ws/ui?page=abcdefghijkl HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: http://[\r\n" + upgrade + b"\r\n"
+    )
     assert status == 403
 
 
 async def test_a_rebound_host_gets_403_on_pages_and_metrics_but_healthz_answers(aiohttp_server: Factory) -> None:
     server = await start(aiohttp_server)
     for path in ("/", "/metrics", "/schemas/", "/static/style.css"):
-        status, _, body = await exchange(server, f"GET {path} HTTP/1.1\r\nHost: evil.example:{server.port}\r\n\r\n"
-                                         .encode())
+        status, _, body = await exchange(
+            server, f"GET {path} HTTP/1.1\r\nHost: evil.example:{server.port}\r\n\r\n".encode()
+        )
         assert (status, json.loads(body)["code"]) == (403, "forbidden_host"), path
     status, _, _ = await exchange(server, f"GET /healthz HTTP/1.1\r\nHost: evil.example:{server.port}\r\n\r\n".encode())
     assert status == 200  # probes name the server as they like; it tells only liveness

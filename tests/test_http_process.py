@@ -49,8 +49,9 @@ def silent_connections(port: int, count: int, per_address: int) -> Iterator[list
     held: list[socket.socket] = []
     try:
         for n in range(count):
-            sock = socket.create_connection(("127.0.0.1", port), timeout=5,
-                                            source_address=(f"127.0.0.{2 + n // per_address}", 0))
+            sock = socket.create_connection(
+                ("127.0.0.1", port), timeout=5, source_address=(f"127.0.0.{2 + n // per_address}", 0)
+            )
             held.append(sock)
         yield held
     finally:
@@ -108,8 +109,9 @@ def run_out_of_descriptors(mode: str, connections: int, seconds: float) -> tuple
     """A server that keeps every connection, under a 64-descriptor limit; its log until ``seconds``
     after start, and how many of our ``connections`` it had closed a second after they connected
     (rather than leaving them to hang), while it still runs."""
-    child = subprocess.Popen([sys.executable, "-c", CHILD, mode, str(seconds)], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, mode, str(seconds)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     try:
         assert child.stdout is not None
         port = int(child.stdout.readline().split()[1])

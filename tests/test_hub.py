@@ -23,8 +23,17 @@ class Recorder:
 
 def update(stream: str, seq: int) -> Outgoing:
     channel, symbol = stream.split(":")
-    return Outgoing(stream, {"type": "trade", "ts": 1, "epoch": 1, "symbol": symbol, "seq": seq,
-                             "data": {"id": seq, "price": 1.0, "qty": 1.0, "side": "buy", "time": 1}})
+    return Outgoing(
+        stream,
+        {
+            "type": "trade",
+            "ts": 1,
+            "epoch": 1,
+            "symbol": symbol,
+            "seq": seq,
+            "data": {"id": seq, "price": 1.0, "qty": 1.0, "side": "buy", "time": 1},
+        },
+    )
 
 
 def join(parts: Sequence[bytes]) -> bytes:

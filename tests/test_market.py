@@ -34,8 +34,15 @@ def test_candles_roll_over_and_report_the_closed_one() -> None:
     out = market.apply([trade(4, 101.0, 1.0, T0 + 1_000)], T0 + 1_000)
     closed = [o.message for o in out if o.message["type"] == "candle" and o.message["data"]["closed"]]
     assert len(closed) == 1 and closed[0]["interval"] == "1s"
-    assert closed[0]["data"] == {"start": T0, "open": 100.0, "high": 105.0, "low": 98.0, "close": 98.0,
-                                 "volume": 4.0, "closed": True}
+    assert closed[0]["data"] == {
+        "start": T0,
+        "open": 100.0,
+        "high": 105.0,
+        "low": 98.0,
+        "close": 98.0,
+        "volume": 4.0,
+        "closed": True,
+    }
     state = market.states["BTCUSDT"]
     assert state.forming[Interval.S1] == Candle(T0 + 1_000, 101.0, 101.0, 101.0, 101.0, 1.0)
     assert state.forming[Interval.M1] == Candle(T0, 100.0, 105.0, 98.0, 101.0, 5.0)
@@ -87,8 +94,9 @@ def test_snapshot_reports_where_each_stream_stands() -> None:
     market = Market(["BTCUSDT", "ETHUSDT"], history_points=3)
     for n in range(5):
         market.apply([trade(n + 1, 100.0 + n, at=T0 + n * 1000)], T0 + n * 1000)
-    snap = market.snapshot([("ticker", "BTCUSDT"), ("trades", "BTCUSDT"), ("candles_1s", "BTCUSDT"),
-                            ("book", "ETHUSDT")], T0 + 5000)
+    snap = market.snapshot(
+        [("ticker", "BTCUSDT"), ("trades", "BTCUSDT"), ("candles_1s", "BTCUSDT"), ("book", "ETHUSDT")], T0 + 5000
+    )
     assert protocol.schemas().errors("server", snap) == []
     assert snap["seq"] == {"ticker:BTCUSDT": 5, "trades:BTCUSDT": 5, "candles_1s:BTCUSDT": 9, "book:ETHUSDT": 0}
     assert [t["id"] for t in snap["trades"]["BTCUSDT"]] == [1, 2, 3, 4, 5]
@@ -130,16 +138,29 @@ def test_state_messages_conflate_and_trades_do_not() -> None:
     out = market.apply([trade(1, 100.0, at=T0), Book("BTCUSDT", ((99.0, 1.0),), ((101.0, 1.0),), T0)], T0)
     out += market.apply([trade(2, 100.0, at=T0 + 1_000)], T0 + 1_000)
     classes = {(o.message["type"], o.message.get("data", {}).get("closed")): o.conflate for o in out}
-    assert classes == {("trade", None): False, ("book", None): True, ("market_update", None): True,
-                       ("candle", False): True, ("candle", True): False}
+    assert classes == {
+        ("trade", None): False,
+        ("book", None): True,
+        ("market_update", None): True,
+        ("candle", False): True,
+        ("candle", True): False,
+    }
 
 
 # -- an exchange's own statistics and candles ---------------------------------------------------
 
 
 def stats(price: float = 100.0, at: int = T0, **values: float) -> TickerStats:
-    fields = {"bid": 99.0, "ask": 101.0, "open": 80.0, "high": 120.0, "low": 70.0, "volume": 5000.0,
-              "quote_volume": 450_000.0, **values}
+    fields = {
+        "bid": 99.0,
+        "ask": 101.0,
+        "open": 80.0,
+        "high": 120.0,
+        "low": 70.0,
+        "volume": 5000.0,
+        "quote_volume": 450_000.0,
+        **values,
+    }
     return TickerStats("BTCUSDT", price=price, time=at, **fields)
 
 
@@ -152,9 +173,19 @@ def test_exchange_statistics_replace_the_derived_ones_and_stretch_to_the_last_tr
     out = market.apply([stats(at=T0)], T0)
     (update,) = [o.message for o in out]
     assert update["type"] == "market_update" and protocol.schemas().errors("server", update) == []
-    assert update["data"] == {"price": 100.0, "bid": 99.0, "ask": 101.0, "open": 80.0, "high": 120.0, "low": 70.0,
-                              "volume": 5000.0, "quote_volume": 450_000.0, "change": 20.0, "change_pct": 25.0,
-                              "time": T0}
+    assert update["data"] == {
+        "price": 100.0,
+        "bid": 99.0,
+        "ask": 101.0,
+        "open": 80.0,
+        "high": 120.0,
+        "low": 70.0,
+        "volume": 5000.0,
+        "quote_volume": 450_000.0,
+        "change": 20.0,
+        "change_pct": 25.0,
+        "time": T0,
+    }
     market.apply([trade(1, 125.0, at=T0 + 10), Book("BTCUSDT", ((124.0, 1.0),), ((126.0, 1.0),), T0 + 11)], T0 + 11)
     ticker = market.states["BTCUSDT"].ticker()
     assert (ticker.price, ticker.high, ticker.low, ticker.bid, ticker.ask) == (125.0, 125.0, 70.0, 124.0, 126.0)
@@ -188,11 +219,13 @@ def test_an_exchange_candle_of_a_later_minute_closes_ours_and_a_late_close_corre
     market = Market(["BTCUSDT"])
     market.apply([trade(1, 100.0, 2.0, T0 + 5_000)], T0 + 5_000)
     out = market.apply([minute(T0 + 60_000, 101.0, 1.0)], T0 + 61_000)
-    assert [(o.message["data"]["start"], o.message["data"]["closed"]) for o in out
-            if o.message["type"] == "candle"] == [(T0, True), (T0 + 60_000, False)]
+    assert [
+        (o.message["data"]["start"], o.message["data"]["closed"]) for o in out if o.message["type"] == "candle"
+    ] == [(T0, True), (T0 + 60_000, False)]
     out = market.apply([minute(T0, 100.5, 2.5, closed=True)], T0 + 61_500)  # the exchange's word on that minute
-    assert [(o.message["data"]["start"], o.message["data"]["volume"]) for o in out
-            if o.message["type"] == "candle"] == [(T0, 2.5)]
+    assert [
+        (o.message["data"]["start"], o.message["data"]["volume"]) for o in out if o.message["type"] == "candle"
+    ] == [(T0, 2.5)]
     assert market.states["BTCUSDT"].closed[Interval.M1][-1].volume == 2.5
     out = market.apply([minute(T0, 100.5, 9.0)], T0 + 62_000)  # a forming update of a minute closed already
     assert [o.message["type"] for o in out] == ["market_update"]

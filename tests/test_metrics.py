@@ -66,8 +66,10 @@ async def test_metrics_parse_and_their_counters_move_with_traffic(aiohttp_client
     assert after[("bixweb_connections_closed_total", (("code", "1000"), ("kind", "bot")))] == 1
     assert after[("bixweb_refused_total", (("reason", "server_full"),))] == 1
     # what closed connections sent is kept after they are gone
-    assert after[("bixweb_messages_sent_total", (("kind", "bot"),))] >= during[("bixweb_messages_sent_total",
-                                                                                 (("kind", "bot"),))]
+    assert (
+        after[("bixweb_messages_sent_total", (("kind", "bot"),))]
+        >= during[("bixweb_messages_sent_total", (("kind", "bot"),))]
+    )
     for socket in extra:
         await socket.close()
 

@@ -64,9 +64,9 @@ def test_reloading_within_an_epoch_tells_what_clients_missed_in_order() -> None:
     missed = mirror.load(seed_of(market, 50), t)
     trades = [orjson.loads(data) for stream, data, _ in missed if stream.startswith("trades:")]
     lost_trades = [m for stream, m in lost if stream.startswith("trades:")]
-    assert trades and [(m["symbol"], m["seq"]) for m in trades] == [(m["symbol"], m["seq"]) for m in lost_trades
-                                                                     if m["symbol"] == "BTCUSDT"] + [
-        (m["symbol"], m["seq"]) for m in lost_trades if m["symbol"] == "ETHUSDT"]
+    assert trades and [(m["symbol"], m["seq"]) for m in trades] == [
+        (m["symbol"], m["seq"]) for m in lost_trades if m["symbol"] == "BTCUSDT"
+    ] + [(m["symbol"], m["seq"]) for m in lost_trades if m["symbol"] == "ETHUSDT"]
     state = {stream for stream, _, _ in missed if not stream.startswith("trades:")}
     assert state == {stream for stream in market.latest if market.seq[stream] > before.get(stream, 0)}
     assert mirror.seq == market.seq

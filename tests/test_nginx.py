@@ -95,8 +95,9 @@ async def test_the_bot_client_connects_over_wss_with_the_ca(server_process: Star
     assert client.get_latest_price("BTCUSDT") is not None
 
 
-async def test_the_bot_client_refuses_a_certificate_it_does_not_trust(server_process: Start,
-                                                                       nginx_proxy: Proxy) -> None:
+async def test_the_bot_client_refuses_a_certificate_it_does_not_trust(
+    server_process: Start, nginx_proxy: Proxy
+) -> None:
     server = server_process(*BEHIND_NGINX)
     nginx = nginx_proxy(server.port)
     client = WebSocketClient(nginx.wss_url, auto_reconnect=False)  # the system's CAs only
@@ -130,8 +131,9 @@ async def idle_then_ping(url: str, ssl_context: Any, idle_s: float) -> tuple[flo
                     return None, dict(reply)
 
 
-async def test_an_idle_socket_outlives_proxy_read_timeout_thanks_to_heartbeats(server_process: Start,
-                                                                               nginx_proxy: Proxy) -> None:
+async def test_an_idle_socket_outlives_proxy_read_timeout_thanks_to_heartbeats(
+    server_process: Start, nginx_proxy: Proxy
+) -> None:
     server = server_process("--heartbeat", "0.5", "--status-interval", "60", *BEHIND_NGINX)
     nginx = nginx_proxy(server.port, proxy_read_timeout="2s")
     closed_after, pong = await idle_then_ping(nginx.wss_url, nginx.ssl_context, idle_s=5.0)
@@ -149,8 +151,9 @@ async def test_without_heartbeats_nginx_closes_the_idle_socket(server_process: S
     assert "upstream timed out" in nginx.log()
 
 
-async def test_html_css_and_javascript_come_gzipped_and_static_files_from_nginx(server_process: Start,
-                                                                                  nginx_proxy: Proxy) -> None:
+async def test_html_css_and_javascript_come_gzipped_and_static_files_from_nginx(
+    server_process: Start, nginx_proxy: Proxy
+) -> None:
     server = server_process(*BEHIND_NGINX)
     nginx = nginx_proxy(server.port)
     files = {

@@ -54,8 +54,9 @@ async def test_sigterm_closes_sockets_with_1012_and_exits_cleanly(server_process
 def test_help_lists_every_option_with_its_variable() -> None:
     from bixweb.config import OPTIONS, env_name
 
-    out = subprocess.run([sys.executable, "-m", "bixweb", "--help"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "bixweb", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     for name in OPTIONS:
         assert "--" + name.replace("_", "-") in out, name
         assert env_name(name) in out, name
@@ -83,8 +84,14 @@ def test_options_come_from_bixweb_variables(server_process: Start) -> None:
 def test_bad_options_stop_start_up_with_a_clear_message(args: list[str], env: dict[str, str], expected: str) -> None:
     import os
 
-    result = subprocess.run([sys.executable, "-m", "bixweb", *args], cwd=ROOT, capture_output=True,
-                            text=True, timeout=30, env={**os.environ, **env})
+    result = subprocess.run(
+        [sys.executable, "-m", "bixweb", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **env},
+    )
     assert result.returncode == 2
     assert expected in result.stderr and "Traceback" not in result.stderr
 
@@ -94,8 +101,9 @@ TOKEN = "process-test-token-0123456789"
 
 async def test_json_logs_one_line_per_event_never_tokens_or_message_contents(server_process: Start) -> None:
     server = server_process("--log-format", "json", env={"BIXWEB_TOKENS": TOKEN})
-    async with websockets.connect(server.url + "?channels=none",
-                                  additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+    async with websockets.connect(
+        server.url + "?channels=none", additional_headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as ws:
         await ws.recv()
         await ws.send('{"type": "SECRET-CONTENT-123"}')
         assert json.loads(await ws.recv())["type"] == "error"
@@ -128,9 +136,11 @@ async def test_shutdown_is_bounded_even_with_a_client_that_never_reads(server_pr
     server = server_process("--tick-rate", "50", "--shutdown-timeout", "2")
     stalled = socket.create_connection(("127.0.0.1", server.port))
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled.sendall(b"GET /ws?channels=trades,book HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                    b"Sec-WebSocket-Version: 13\r\n\r\n")
+    stalled.sendall(
+        b"GET /ws?channels=trades,book HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
     await asyncio.sleep(2)  # its buffers fill; it never reads
     started = time.monotonic()
     assert server.stop() == 0

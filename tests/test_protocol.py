@@ -15,12 +15,31 @@ from bixweb.model import CHANNELS
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_TYPES = {
-    "welcome", "initial_data", "market_update", "trade", "book", "candle", "status", "pong", "ack", "error", "batch",
-    "alert", "alert_rules", "annotations",
+    "welcome",
+    "initial_data",
+    "market_update",
+    "trade",
+    "book",
+    "candle",
+    "status",
+    "pong",
+    "ack",
+    "error",
+    "batch",
+    "alert",
+    "alert_rules",
+    "annotations",
 }
 CLIENT_TYPES = {
-    "subscribe", "unsubscribe", "ping",
-    "alert_create", "alert_delete", "alert_list", "annotation_add", "annotation_remove", "annotation_list",
+    "subscribe",
+    "unsubscribe",
+    "ping",
+    "alert_create",
+    "alert_delete",
+    "alert_list",
+    "annotation_add",
+    "annotation_remove",
+    "annotation_list",
 }
 
 
@@ -57,8 +76,14 @@ def test_every_example_in_the_protocol_doc_matches_its_schema(schemas: protocol.
 
 
 def test_a_broken_message_inside_a_batch_is_caught(schemas: protocol.SchemaSet) -> None:
-    trade = {"type": "trade", "ts": 1, "epoch": 1, "symbol": "BTCUSDT", "seq": 1,
-             "data": {"id": 1, "price": 1.0, "qty": 1.0, "side": "buy", "time": 1}}
+    trade = {
+        "type": "trade",
+        "ts": 1,
+        "epoch": 1,
+        "symbol": "BTCUSDT",
+        "seq": 1,
+        "data": {"id": 1, "price": 1.0, "qty": 1.0, "side": "buy", "time": 1},
+    }
     assert schemas.errors("server", {"type": "batch", "messages": [trade]}) == []
     broken = {**trade, "data": {**trade["data"], "side": "up"}}
     assert schemas.errors("server", {"type": "batch", "messages": [trade, broken]})
@@ -111,10 +136,12 @@ def test_good_client_frames_decode_to_values() -> None:
 def test_resolve_streams_expands_star_and_refuses_unknown_names() -> None:
     known = ["BTCUSDT", "ETHUSDT"]
     assert protocol.resolve_streams(["*"], ["ticker"], known, CHANNELS) == [
-        ("ticker", "BTCUSDT"), ("ticker", "ETHUSDT"),
+        ("ticker", "BTCUSDT"),
+        ("ticker", "ETHUSDT"),
     ]
     assert protocol.resolve_streams(["ETHUSDT", "ETHUSDT"], ["book", "trades"], known, CHANNELS) == [
-        ("book", "ETHUSDT"), ("trades", "ETHUSDT"),
+        ("book", "ETHUSDT"),
+        ("trades", "ETHUSDT"),
     ]
     with pytest.raises(ProtocolError) as caught:
         protocol.resolve_streams(["BTCUSDT", "DOGEBTC"], ["ticker"], known, CHANNELS)

@@ -34,10 +34,22 @@ T0 = 1_764_158_400_000
 EVENTS: list[MarketEvent] = [
     Trade("BTCUSDT", 17, 95_012.41, 0.00123, "sell", T0 + 5),
     Book("BTCUSDT", ((95_012.4, 0.5), (95_012.3, 1.25)), ((95_012.6, 0.75),), T0 + 6),
-    History("ETHUSDT", (Candle(T0 - 120_000, 1.5, 2.5, 1.0, 2.0, 10.0, True),
-                        Candle(T0 - 60_000, 2.0, 2.25, 1.75, 2.125, 0.0, True))),
-    TickerStats("BTCUSDT", price=95_012.41, bid=95_012.4, ask=95_012.6, open=93_000.0, high=96_000.0,
-                low=92_000.0, volume=1234.56789, quote_volume=117_000_000.12, time=T0 + 7),
+    History(
+        "ETHUSDT",
+        (Candle(T0 - 120_000, 1.5, 2.5, 1.0, 2.0, 10.0, True), Candle(T0 - 60_000, 2.0, 2.25, 1.75, 2.125, 0.0, True)),
+    ),
+    TickerStats(
+        "BTCUSDT",
+        price=95_012.41,
+        bid=95_012.4,
+        ask=95_012.6,
+        open=93_000.0,
+        high=96_000.0,
+        low=92_000.0,
+        volume=1234.56789,
+        quote_volume=117_000_000.12,
+        time=T0 + 7,
+    ),
     CandleUpdate("BTCUSDT", Interval.M1, Candle(T0, 95_000.0, 95_100.0, 94_900.0, 95_012.41, 12.5, False), T0 + 8),
 ]
 
@@ -58,8 +70,22 @@ def test_every_event_kind_survives_the_file_unchanged() -> None:
         ({"type": "trade", "symbol": "BTCUSDT", "id": 1, "price": 1, "qty": 1, "side": "up", "time": 1}, "side"),
         ({"type": "book", "symbol": "BTCUSDT", "bids": [[1.0]], "asks": [], "time": 1}, "level"),
         ({"type": "history", "symbol": "BTCUSDT", "minutes": [[1, 2, 3]]}, "history minute"),
-        ({"type": "candle", "symbol": "BTCUSDT", "interval": "3m", "start": 0, "open": 1, "high": 1, "low": 1,
-          "close": 1, "volume": 1, "closed": False, "time": 1}, "interval"),
+        (
+            {
+                "type": "candle",
+                "symbol": "BTCUSDT",
+                "interval": "3m",
+                "start": 0,
+                "open": 1,
+                "high": 1,
+                "low": 1,
+                "close": 1,
+                "volume": 1,
+                "closed": False,
+                "time": 1,
+            },
+            "interval",
+        ),
         ({"type": "news", "symbol": "BTCUSDT"}, "no known 'type'"),
         ({"symbol": "BTCUSDT"}, "no known 'type'"),
         (["trade"], "not an object"),
@@ -77,8 +103,9 @@ def test_the_header_names_the_format_and_its_version() -> None:
     with pytest.raises(ValueError, match="not a bixweb recording"):
         parse_header(b'{"t": 1, "events": []}\n')
     with pytest.raises(ValueError, match="version 2; this bixweb reads version 1"):
-        parse_header(orjson.dumps({"format": "bixweb-recording", "version": 2, "created_ms": 0, "feed": "x://",
-                                   "symbols": []}))
+        parse_header(
+            orjson.dumps({"format": "bixweb-recording", "version": 2, "created_ms": 0, "feed": "x://", "symbols": []})
+        )
 
 
 def test_a_window_is_stamped_with_the_latest_market_time_it_holds() -> None:
@@ -118,10 +145,15 @@ def test_the_command_writes_gzip_for_gz_names_or_when_asked(tmp_path: Path) -> N
     assert main(["--out", str(tmp_path / "c.jsonl"), *common]) == 0
     for name, compressed in (("a.jsonl.gz", True), ("b.jsonl", True), ("c.jsonl", False)):
         assert ((tmp_path / name).read_bytes()[:2] == b"\x1f\x8b") is compressed, name
+
     def trades(name: str) -> list[tuple[object, ...]]:
         lines = read_plain_or_gzip(tmp_path / name).splitlines()[1:]
-        return [(e.symbol, e.id, e.price, e.qty, e.side) for line in lines for e in parse_window(line).events
-                if isinstance(e, Trade)]
+        return [
+            (e.symbol, e.id, e.price, e.qty, e.side)
+            for line in lines
+            for e in parse_window(line).events
+            if isinstance(e, Trade)
+        ]
 
     def market(name: str) -> list[tuple[object, ...]]:  # ids count from where each run started
         first = trades(name)[0][1]
@@ -159,7 +191,9 @@ def test_ctrl_c_leaves_a_whole_gzip_recording(tmp_path: Path) -> None:
     out = tmp_path / "live.jsonl.gz"
     proc = subprocess.Popen(
         [sys.executable, "-m", "bixweb", "record", "--out", str(out), "--symbols", "BTCUSDT", "--tick-rate", "20"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         time.sleep(2.0)

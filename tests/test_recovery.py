@@ -39,8 +39,13 @@ async def test_resets_of_the_link_lose_and_repeat_no_trade(
     seen: list[Message] = []
     async with FaultProxy(server.port) as proxy:
         client = make_client(
-            f"ws://127.0.0.1:{proxy.port}/ws", symbols=",".join(SYMBOLS), channels="trades,ticker",
-            reconnect_initial=0.2, reconnect_max=0.5, rng=random.Random(1), callbacks=[seen.append],
+            f"ws://127.0.0.1:{proxy.port}/ws",
+            symbols=",".join(SYMBOLS),
+            channels="trades,ticker",
+            reconnect_initial=0.2,
+            reconnect_max=0.5,
+            rng=random.Random(1),
+            callbacks=[seen.append],
         )
         await client.connect()
         for reset in range(1, 4):
@@ -79,8 +84,14 @@ async def test_after_a_sigkill_and_a_restart_the_client_starts_over_and_converge
     args = ("--port", str(free_port()), "--tick-rate", "2", "--symbols", ",".join(SYMBOLS))
     first: ServerProcess = server_process(*args)
     seen: list[Message] = []
-    client = make_client(first.url, symbols=",".join(SYMBOLS), channels="ticker,trades",
-                         reconnect_initial=0.2, reconnect_max=1.0, callbacks=[seen.append])
+    client = make_client(
+        first.url,
+        symbols=",".join(SYMBOLS),
+        channels="ticker,trades",
+        reconnect_initial=0.2,
+        reconnect_max=1.0,
+        callbacks=[seen.append],
+    )
     await client.connect()
     await eventually(lambda: len(client.get_latest_data()) == len(SYMBOLS))
     old_epoch = client.epoch
@@ -96,7 +107,11 @@ async def test_after_a_sigkill_and_a_restart_the_client_starts_over_and_converge
     reference = await fresh_snapshot(second.url)
     for symbol in SYMBOLS:
         stream = f"ticker:{symbol}"
-        await eventually(lambda: client.view.seq(stream) is not None  # noqa: B023 - awaited at once
-                         and client.view.seq(stream) >= reference["seq"][stream], timeout=5)  # noqa: B023
+
+        def caught_up(stream: str = stream) -> bool:
+            seq = client.view.seq(stream)
+            return seq is not None and seq >= reference["seq"][stream]
+
+        await eventually(caught_up, timeout=5)
         assert client.view.positions()[stream][0] == reference["epoch"]
     assert client.gaps == 0

@@ -65,11 +65,14 @@ def market() -> Market:
         for n in range(120)
     )
     market.apply([History("BTCUSDT", minutes), History("ETHUSDT", ())], T0)
-    market.apply([
-        Trade("BTCUSDT", 1, 95_200.5, 0.25, "buy", T0 + 10),
-        Trade("BTCUSDT", 2, 95_199.0, 0.5, "sell", T0 + 20),
-        Book("BTCUSDT", ((95_198.5, 1.0), (95_198.0, 2.0)), ((95_199.5, 0.5), (95_200.0, 3.0)), T0 + 30),
-    ], T0 + 30)
+    market.apply(
+        [
+            Trade("BTCUSDT", 1, 95_200.5, 0.25, "buy", T0 + 10),
+            Trade("BTCUSDT", 2, 95_199.0, 0.5, "sell", T0 + 20),
+            Book("BTCUSDT", ((95_198.5, 1.0), (95_198.0, 2.0)), ((95_199.5, 0.5), (95_200.0, 3.0)), T0 + 30),
+        ],
+        T0 + 30,
+    )
     return market
 
 
@@ -147,8 +150,22 @@ def test_an_empty_chart_says_so(renderer: Renderer) -> None:
 
 
 def alert(n: int, symbol: str = "BTCUSDT", note: str = "") -> Alert:
-    return Alert(f"r{n}:{T0 + n}:{n}", f"r{n}", "page:abc", symbol, "above", 95_000.5, None, None, "any", note,
-                 95_001.25, None, T0 + n * 1000, n)
+    return Alert(
+        f"r{n}:{T0 + n}:{n}",
+        f"r{n}",
+        "page:abc",
+        symbol,
+        "above",
+        95_000.5,
+        None,
+        None,
+        "any",
+        note,
+        95_001.25,
+        None,
+        T0 + n * 1000,
+        n,
+    )
 
 
 def test_the_desk_fragments_alone_are_one_oob_element_with_their_id(renderer: Renderer) -> None:
@@ -198,8 +215,10 @@ def test_without_a_desk_the_forms_say_alerts_are_not_available(renderer: Rendere
 
 def test_the_chart_draws_each_annotation_as_a_labelled_line(market: Market, renderer: Renderer) -> None:
     state = market.states["BTCUSDT"]
-    lines = [Annotation("a1", "BTCUSDT", 95_100.0, "support", "bot", T0),
-             Annotation("a2", "BTCUSDT", 10.0, "far below", "bot", T0)]
+    lines = [
+        Annotation("a1", "BTCUSDT", 95_100.0, "support", "bot", T0),
+        Annotation("a2", "BTCUSDT", 10.0, "far below", "bot", T0),
+    ]
     html = renderer.chart(state, Interval.M1, "sma", 20, lines)
     check(html)
     drawn = re.findall(r'<g class="annotation" data-price="([^"]+)"><line x1="0" x2="[\d.]+" y1="([\d.]+)"', html)

@@ -44,9 +44,27 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     out = tmp_path_factory.mktemp("recording") / "market.jsonl.gz"
     done = subprocess.run(
-        [sys.executable, "-m", "bixweb", "record", "--out", str(out), "--feed", "simulated://?speed=max",
-         "--duration", "30", "--symbols", ",".join(SYMBOLS), "--seed", "11", "--tick-rate", "10"],
-        cwd=ROOT, capture_output=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "bixweb",
+            "record",
+            "--out",
+            str(out),
+            "--feed",
+            "simulated://?speed=max",
+            "--duration",
+            "30",
+            "--symbols",
+            ",".join(SYMBOLS),
+            "--seed",
+            "11",
+            "--tick-rate",
+            "10",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     return out
@@ -55,8 +73,12 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def recorded_trades(path: Path) -> list[tuple[str, int, float, float, str]]:
     """The trades in the file, read as plain gzip + JSON (not with bixweb's reader)."""
     lines = gzip.decompress(path.read_bytes()).splitlines()
-    return [(e["symbol"], e["id"], e["price"], e["qty"], e["side"])
-            for line in lines[1:] for e in json.loads(line)["events"] if e["type"] == "trade"]
+    return [
+        (e["symbol"], e["id"], e["price"], e["qty"], e["side"])
+        for line in lines[1:]
+        for e in json.loads(line)["events"]
+        if e["type"] == "trade"
+    ]
 
 
 def test_the_recording_spans_30_s_of_market_time(recording: Path) -> None:
@@ -68,8 +90,9 @@ def test_the_recording_spans_30_s_of_market_time(recording: Path) -> None:
     assert len(recorded_trades(recording)) > 300
 
 
-async def bot_trades(ws: aiohttp.ClientWebSocketResponse, count: int, timeout: float) -> tuple[dict[str, Any],
-                                                                                                  list[dict[str, Any]]]:
+async def bot_trades(
+    ws: aiohttp.ClientWebSocketResponse, count: int, timeout: float
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The snapshot, then live trade messages until snapshot + live trades make ``count``."""
     snapshot: dict[str, Any] | None = None
     live: list[dict[str, Any]] = []
@@ -109,7 +132,7 @@ async def test_a_replay_at_10x_gives_a_bot_the_recorded_trades_in_order(
         assert snapshot["seq"][f"trades:{symbol}"] == len(before)  # nothing went by unseen before the snapshot
         during = [shown(m["symbol"], m["data"]) for m in live if m["symbol"] == symbol]
         assert before + during == [t for t in expected if t[0] == symbol], symbol
-    assert [shown(m["symbol"], m["data"]) for m in live] == expected[len(expected) - len(live):]
+    assert [shown(m["symbol"], m["data"]) for m in live] == expected[len(expected) - len(live) :]
     assert len(live) > len(expected) / 2
     assert 2.5 < elapsed < 8.0, elapsed  # 30 s of market at 10x
 
@@ -161,8 +184,11 @@ def test_replay_urls_name_a_file_and_a_speed(recording: Path) -> None:
 
 def good_lines() -> list[bytes]:
     book: MarketEvent = Book("BTCUSDT", ((1.0, 1.0),), ((2.0, 1.0),), T0)
-    return [header_line("simulated://", SYMBOLS, T0), window_line(T0, [book]),
-            window_line(T0 + 100, [Trade("BTCUSDT", 1, 1.5, 1.0, "buy", T0 + 100)])]
+    return [
+        header_line("simulated://", SYMBOLS, T0),
+        window_line(T0, [book]),
+        window_line(T0 + 100, [Trade("BTCUSDT", 1, 1.5, 1.0, "buy", T0 + 100)]),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -172,8 +198,11 @@ def good_lines() -> list[bytes]:
         (b"", "empty or cut short before its header"),
         (b"\x1f\x8b\x08\x00garbage that is no gzip stream", "unreadable"),
         (b"time,price\n1,2\n", "line 1: not a bixweb recording"),
-        (orjson.dumps({"format": "bixweb-recording", "version": 9, "created_ms": 0, "feed": "x://",
-                       "symbols": []}) + b"\n", "version 9"),
+        (
+            orjson.dumps({"format": "bixweb-recording", "version": 9, "created_ms": 0, "feed": "x://", "symbols": []})
+            + b"\n",
+            "version 9",
+        ),
         (b"".join(good_lines()[:1]), "holds no window of events"),
         (good_lines()[0] + b'{"t": 5, "eve', "cut short before its first"),
         (good_lines()[0] + b'{"t": 1, "events": [{"type": "trade"}]}\n', "line 2: "),

@@ -118,8 +118,17 @@ async def away_and_back(url: str, reference: Reference, away_s: float) -> dict[s
         again = json.loads(await ws.recv())
         assert again["type"] == "welcome" and again["epoch"] == welcome["epoch"] and again["subscriptions"] == {}
         started = time.monotonic()
-        await ws.send(json.dumps({"type": "subscribe", "id": "resume", "symbols": ["*"], "channels": ["trades"],
-                                  "since": {"epoch": welcome["epoch"], "seq": last}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "subscribe",
+                    "id": "resume",
+                    "symbols": ["*"],
+                    "channels": ["trades"],
+                    "since": {"epoch": welcome["epoch"], "seq": last},
+                }
+            )
+        )
         missed = {stream: seq - last[stream] for stream, seq in reference.latest().items()}
         target = reference.latest()
         messages: list[Message] = []
@@ -145,17 +154,23 @@ async def away_and_back(url: str, reference: Reference, away_s: float) -> dict[s
     assert not [m for m in messages if m["type"] in ("initial_data", "error")]
     count = received_in_order(seen, last, reference)
     assert set(seen) == set(last)
-    return {"away_s": away_s, "outbox": welcome["limits"]["outbox_messages"], "missed": sum(missed.values()),
-            "received": count,
-            "caught_up_s": round(catch_up_s, 2), "since_resume_s": round(time.monotonic() - started, 1)}
+    return {
+        "away_s": away_s,
+        "outbox": welcome["limits"]["outbox_messages"],
+        "missed": sum(missed.values()),
+        "received": count,
+        "caught_up_s": round(catch_up_s, 2),
+        "since_resume_s": round(time.monotonic() - started, 1),
+    }
 
 
 @pytest.mark.timeout(90)
 async def test_a_bot_away_8_s_or_30_s_resumes_every_trade_at_the_default_tick_rate(server: ServerProcess) -> None:
     reference = Reference(server.url).start()
     await asyncio.sleep(1.0)
-    short, long = await asyncio.gather(away_and_back(server.url, reference, 8.0),
-                                       away_and_back(server.url, reference, 30.0))
+    short, long = await asyncio.gather(
+        away_and_back(server.url, reference, 8.0), away_and_back(server.url, reference, 30.0)
+    )
     await reference.stop()
     print(f"\nresumed: {short}\nresumed: {long}")
     assert short["outbox"] == 1_024  # the default
@@ -168,9 +183,15 @@ async def test_the_client_library_resumes_an_8_s_outage_without_a_hole(server: S
     reference = Reference(server.url).start()
     seen: list[Message] = []
     async with FaultProxy(server.port) as proxy:
-        client = WebSocketClient(f"ws://127.0.0.1:{proxy.port}/ws", symbols="*", channels="trades",
-                                 reconnect_initial=0.2, reconnect_max=0.5, rng=random.Random(3),
-                                 callbacks=[seen.append])
+        client = WebSocketClient(
+            f"ws://127.0.0.1:{proxy.port}/ws",
+            symbols="*",
+            channels="trades",
+            reconnect_initial=0.2,
+            reconnect_max=0.5,
+            rng=random.Random(3),
+            callbacks=[seen.append],
+        )
         try:
             await client.connect()
             await asyncio.sleep(1.5)
@@ -224,9 +245,11 @@ def silent_resumer(port: int, resume: Message, times: int) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
-    sock.sendall(b"GET /ws?channels=none HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                 b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                 b"Sec-WebSocket-Version: 13\r\n\r\n")
+    sock.sendall(
+        b"GET /ws?channels=none HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
     for _ in range(times):
         sock.sendall(masked_text(json.dumps(resume).encode()))
     return sock
@@ -234,15 +257,17 @@ def silent_resumer(port: int, resume: Message, times: int) -> socket.socket:
 
 @pytest.mark.timeout(60)
 async def test_bots_that_stop_reading_during_a_huge_replay_are_closed_in_bounded_time_and_memory(
-    aiohttp_server: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
+    aiohttp_server: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     server: TestServer = await aiohttp_server(create_app(fast_settings(tick_rate=200.0, strict=False)))
     service = server.app[SERVICE]
     market = service.market
     settings = service.settings
-    async with aiohttp.ClientSession() as session, session.ws_connect(
-        server.make_url(f"/ws?{ALL_TRADES}"), max_msg_size=0
-    ) as canary:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(server.make_url(f"/ws?{ALL_TRADES}"), max_msg_size=0) as canary,
+    ):
         canary_seq: dict[str, int] = {}
 
         async def read_canary() -> None:
@@ -258,8 +283,10 @@ async def test_bots_that_stop_reading_during_a_huge_replay_are_closed_in_bounded
         canary_task = asyncio.create_task(read_canary())
         while min((len(r) for r in market.recent.values()), default=0) < 900 or len(market.recent) < 20:
             await asyncio.sleep(0.1)  # a replay of 18,000 trades or more: more than the kernel's socket buffers take
-        since = {"epoch": market.epoch,
-                 "seq": {stream: recent[0]["seq"] - 1 for stream, recent in market.recent.items()}}
+        since = {
+            "epoch": market.epoch,
+            "seq": {stream: recent[0]["seq"] - 1 for stream, recent in market.recent.items()},
+        }
         resume = {"type": "subscribe", "symbols": ["*"], "channels": ["trades"], "since": since}
         replay_size = sum(len(r) for r in market.recent.values())
         abusers: list[Connection] = []
@@ -305,9 +332,11 @@ async def test_bots_that_stop_reading_during_a_huge_replay_are_closed_in_bounded
         assert not canary_task.done(), canary_task
         canary_task.cancel()
         await asyncio.gather(canary_task, return_exceptions=True)
-    print(f"\nsilent resumers ({replay_size} messages each): closed 4008 after {sorted(closed_at.values())} s; "
-          f"held at most {max(most.values())} messages (bound {bound}); "
-          f"{sorted(owed_at_close.values())} replayed messages still owed at the close")
+    print(
+        f"\nsilent resumers ({replay_size} messages each): closed 4008 after {sorted(closed_at.values())} s; "
+        f"held at most {max(most.values())} messages (bound {bound}); "
+        f"{sorted(owed_at_close.values())} replayed messages still owed at the close"
+    )
 
 
 # -- a web process that mirrors the market (--broker redis://) ----------------------

@@ -125,7 +125,6 @@ async def islice_async(source: AsyncIterator[T], count: int) -> AsyncIterator[T]
             return
 
 
-
 def trade_ids(market: SimulatedMarket, ticks: int = 300) -> dict[str, list[int]]:
     ids: dict[str, list[int]] = {}
     for n in range(ticks):

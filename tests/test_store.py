@@ -20,8 +20,22 @@ LINE = Annotation("a1", "BTCUSDT", 95_000.0, "support", "page-1", T0 + 2)
 
 
 def alert(n: int, rule: Rule = ABOVE) -> Alert:
-    return Alert(f"{rule.id}:{n}", rule.id, rule.owner, rule.symbol, rule.condition, rule.level, rule.pct,
-                 rule.window_s, rule.direction, rule.note, 100_001.0 + n, 98_000.0 if rule.pct else None, T0 + n, n)
+    return Alert(
+        f"{rule.id}:{n}",
+        rule.id,
+        rule.owner,
+        rule.symbol,
+        rule.condition,
+        rule.level,
+        rule.pct,
+        rule.window_s,
+        rule.direction,
+        rule.note,
+        100_001.0 + n,
+        98_000.0 if rule.pct else None,
+        T0 + n,
+        n,
+    )
 
 
 def test_what_is_written_is_loaded_again_after_a_restart(tmp_path: Path) -> None:

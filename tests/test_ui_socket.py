@@ -194,8 +194,9 @@ async def test_the_dashboard_shows_a_stale_feed_and_its_return(aiohttp_client: F
         await feed_shown(ws, "live")
 
 
-async def until_fragment(ws: aiohttp.ClientWebSocketResponse, fragment_id: str, text: str = "",
-                         within: float = 3.0) -> str:
+async def until_fragment(
+    ws: aiohttp.ClientWebSocketResponse, fragment_id: str, text: str = "", within: float = 3.0
+) -> str:
     """The first frame carrying ``fragment_id`` (with ``text`` in it); fail after ``within`` seconds."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -211,8 +212,18 @@ async def test_a_rule_form_creates_a_rule_and_every_page_gets_the_new_rule_list(
     async with client.ws_connect(pages[0]) as sender, client.ws_connect(pages[1]) as other:
         await fragments(sender)
         await fragments(other)
-        await sender.send_bytes(send_form(action="alert_create", symbol="BTCUSDT", condition="below", level="1.5",
-                                          pct="", window_s="60", note="far below", repeat="on"))
+        await sender.send_bytes(
+            send_form(
+                action="alert_create",
+                symbol="BTCUSDT",
+                condition="below",
+                level="1.5",
+                pct="",
+                window_s="60",
+                note="far below",
+                repeat="on",
+            )
+        )
         await until_fragment(sender, "alert-form")  # a fresh form for the sender
         for ws in (sender, other):
             html = await until_fragment(ws, "alert-rules", "far below")

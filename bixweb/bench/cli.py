@@ -62,8 +62,12 @@ FLAGS: dict[str, tuple[Callable[[str], Any], str, str]] = {
     "stalled": (_count, "S", "extra bot clients that stop reading once connected (slow consumers)"),
     "connect_concurrency": (_count, "C", "handshakes in flight at once, over all workers"),
     "connect_timeout": (_seconds, "S", "seconds allowed for all connections to open"),
-    "sources": (_list, "ADDRS", "comma-separated local addresses to connect from, round robin; unset, "
-                                "127.0.0.1, .2, ... are used as needed beyond 25,000 loopback connections"),
+    "sources": (
+        _list,
+        "ADDRS",
+        "comma-separated local addresses to connect from, round robin; unset, "
+        "127.0.0.1, .2, ... are used as needed beyond 25,000 loopback connections",
+    ),
 }
 
 
@@ -71,38 +75,68 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bixweb bench",
         description="Load a bixweb server with N raw WebSocket clients and measure delivered messages/s, "
-                    "latency (server ts to receipt), connection set-up rate, server CPU and memory. "
-                    "Starts its own server unless --url is given.",
+        "latency (server ts to receipt), connection set-up rate, server CPU and memory. "
+        "Starts its own server unless --url is given.",
     )
     for name, (kind, metavar, help_text) in FLAGS.items():
         flag = "--source-addresses" if name == "sources" else "--" + name.replace("_", "-")
         default = getattr(DEFAULTS, name)
         shown = ",".join(default) if isinstance(default, tuple) else default
-        parser.add_argument(flag, dest=name, type=kind, metavar=metavar, default=None,
-                            help=f"{help_text}" + (f" (default: {shown})" if shown != "" else ""))
-    parser.add_argument("--url", metavar="WS_URL",
-                        help="load a running server at ws://HOST:PORT/PATH instead of starting one")
-    parser.add_argument("--server-pid", type=int, metavar="PID",
-                        help="with --url: the server's process id, to read its CPU and memory from /proc")
-    parser.add_argument("--server-args", metavar="ARGS", default="",
-                        help="extra options for the started server, one quoted string "
-                             "(e.g. \"--outbox-messages 64\")")
-    parser.add_argument("--server-log", metavar="FILE",
-                        help="keep the started server's log in FILE (default: a temporary file)")
-    parser.add_argument("--no-pin", dest="pin", action="store_false",
-                        help="do not pin the server and the load to different cores")
-    parser.add_argument("--sweep", type=_sweep, metavar="NAME=V1,V2,...",
-                        help="run once per value of clients, ui-clients, stalled, symbols or rate")
-    parser.add_argument("--compression", action="store_true",
-                        help="measure what permessage-deflate saves on the bot socket (the started server gets "
-                             "--bot-compression): per --channels case (default: ticker,trades,book) a plain and a "
-                             "deflating bot side by side; then the server CPU of --clients (default 100) deflating "
-                             "bots against as many plain ones (0: skip)")
+        parser.add_argument(
+            flag,
+            dest=name,
+            type=kind,
+            metavar=metavar,
+            default=None,
+            help=f"{help_text}" + (f" (default: {shown})" if shown != "" else ""),
+        )
+    parser.add_argument(
+        "--url", metavar="WS_URL", help="load a running server at ws://HOST:PORT/PATH instead of starting one"
+    )
+    parser.add_argument(
+        "--server-pid",
+        type=int,
+        metavar="PID",
+        help="with --url: the server's process id, to read its CPU and memory from /proc",
+    )
+    parser.add_argument(
+        "--server-args",
+        metavar="ARGS",
+        default="",
+        help='extra options for the started server, one quoted string (e.g. "--outbox-messages 64")',
+    )
+    parser.add_argument(
+        "--server-log", metavar="FILE", help="keep the started server's log in FILE (default: a temporary file)"
+    )
+    parser.add_argument(
+        "--no-pin", dest="pin", action="store_false", help="do not pin the server and the load to different cores"
+    )
+    parser.add_argument(
+        "--sweep",
+        type=_sweep,
+        metavar="NAME=V1,V2,...",
+        help="run once per value of clients, ui-clients, stalled, symbols or rate",
+    )
+    parser.add_argument(
+        "--compression",
+        action="store_true",
+        help="measure what permessage-deflate saves on the bot socket (the started server gets "
+        "--bot-compression): per --channels case (default: ticker,trades,book) a plain and a "
+        "deflating bot side by side; then the server CPU of --clients (default 100) deflating "
+        "bots against as many plain ones (0: skip)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the full result as JSON to FILE")
-    parser.add_argument("--plot", type=Path, metavar="FILE.svg",
-                        help="with --sweep: plot throughput and latency against the swept value to an SVG")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"tiny preset for a smoke test: {', '.join(f'{k}={v:g}' for k, v in QUICK.items())}")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="FILE.svg",
+        help="with --sweep: plot throughput and latency against the swept value to an SVG",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"tiny preset for a smoke test: {', '.join(f'{k}={v:g}' for k, v in QUICK.items())}",
+    )
     return parser
 
 
@@ -110,8 +144,13 @@ def options_from(args: argparse.Namespace) -> BenchOptions:
     """Flags over the ``--quick`` preset over the defaults."""
     values: dict[str, Any] = dict(QUICK) if args.quick else {}
     values.update({name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None})
-    values.update(url=args.url, server_pid=args.server_pid, pin=args.pin, server_log=args.server_log,
-                  server_args=tuple(shlex.split(args.server_args)))
+    values.update(
+        url=args.url,
+        server_pid=args.server_pid,
+        pin=args.pin,
+        server_log=args.server_log,
+        server_args=tuple(shlex.split(args.server_args)),
+    )
     if args.server_pid is not None and args.url is None:
         raise BenchError("--server-pid goes with --url (bench knows the pid of a server it starts)")
     if args.url is not None and (args.server_args or args.server_log):
@@ -150,8 +189,10 @@ def run(args: argparse.Namespace, display: Display) -> tuple[str, Any]:
         runs.append(run_once(sweep.apply(options, value), display))
     if args.plot is not None:
         write_svg(args.plot, sweep_svg(sweep.name, sweep.values, runs))
-    return format_sweep(sweep.name, sweep.values, runs), {"sweep": {"name": sweep.name, "values": sweep.values},
-                                                           "runs": runs}
+    return format_sweep(sweep.name, sweep.values, runs), {
+        "sweep": {"name": sweep.name, "values": sweep.values},
+        "runs": runs,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -119,10 +119,18 @@ class Tally:
 
 def side(wbits: int, wire: Wire, tally: Tally, seconds: float) -> dict[str, Any]:
     """One bot of a pair: what it negotiated, what crossed the wire, what it received."""
-    return {"negotiated_wbits": wbits, "down_bytes": wire.down, "up_bytes": wire.up,
-            "down_bytes_per_s": round(wire.down / seconds, 1), "up_bytes_per_s": round(wire.up / seconds, 1),
-            "frames": tally.frames, "messages": tally.messages, "payload_bytes": tally.payload_bytes,
-            "largest_frame_messages": tally.largest_messages, "largest_frame_bytes": tally.largest_bytes}
+    return {
+        "negotiated_wbits": wbits,
+        "down_bytes": wire.down,
+        "up_bytes": wire.up,
+        "down_bytes_per_s": round(wire.down / seconds, 1),
+        "up_bytes_per_s": round(wire.up / seconds, 1),
+        "frames": tally.frames,
+        "messages": tally.messages,
+        "payload_bytes": tally.payload_bytes,
+        "largest_frame_messages": tally.largest_messages,
+        "largest_frame_bytes": tally.largest_bytes,
+    }
 
 
 def compare(plain: dict[str, Any], deflate: dict[str, Any]) -> dict[str, Any]:
@@ -130,16 +138,28 @@ def compare(plain: dict[str, Any], deflate: dict[str, Any]) -> dict[str, Any]:
     ratio = deflate["down_bytes"] / plain["down_bytes"] if plain["down_bytes"] else None
     tick = max(plain["largest_frame_messages"], deflate["largest_frame_messages"])
     tick_bytes = max(plain["largest_frame_bytes"], deflate["largest_frame_bytes"])
-    same = (plain["messages"] > 0 and abs(plain["messages"] - deflate["messages"]) <= tick
-            and abs(plain["payload_bytes"] - deflate["payload_bytes"]) <= tick_bytes)
-    return {"ratio": None if ratio is None else round(ratio, 4),
-            "saving_pct": None if ratio is None else round(100 * (1 - ratio), 1), "same_data": same}
+    same = (
+        plain["messages"] > 0
+        and abs(plain["messages"] - deflate["messages"]) <= tick
+        and abs(plain["payload_bytes"] - deflate["payload_bytes"]) <= tick_bytes
+    )
+    return {
+        "ratio": None if ratio is None else round(ratio, 4),
+        "saving_pct": None if ratio is None else round(100 * (1 - ratio), 1),
+        "same_data": same,
+    }
 
 
 def cost(deflate: dict[str, Any], plain: dict[str, Any], seconds: float) -> dict[str, Any]:
     """What deflating costs the server: the CPU and memory of N deflating bots over those of N plain ones."""
-    out: dict[str, Any] = {"deflate": deflate, "plain": plain, "extra_cpu_pct": None, "extra_cpu_pct_per_client": None,
-                           "extra_us_per_frame": None, "extra_rss_kb_per_client": None}
+    out: dict[str, Any] = {
+        "deflate": deflate,
+        "plain": plain,
+        "extra_cpu_pct": None,
+        "extra_cpu_pct_per_client": None,
+        "extra_us_per_frame": None,
+        "extra_rss_kb_per_client": None,
+    }
     if deflate["server_cpu_s"] is None or plain["server_cpu_s"] is None or not deflate["clients"]:
         return out
     extra, clients = deflate["server_cpu_s"] - plain["server_cpu_s"], deflate["clients"]
@@ -156,11 +176,14 @@ def warnings(pairs: list[dict[str, Any]], crowd: dict[str, Any] | None) -> list[
         if not pair["deflate"]["negotiated_wbits"]:
             found.append(f"{pair['case']}: the server declined permessage-deflate (start it with --bot-compression)")
         if not pair["same_data"]:
-            found.append(f"{pair['case']}: the two bots did not receive the same messages: "
-                         f"{pair['plain']['messages']} plain, {pair['deflate']['messages']} deflate")
+            found.append(
+                f"{pair['case']}: the two bots did not receive the same messages: "
+                f"{pair['plain']['messages']} plain, {pair['deflate']['messages']} deflate"
+            )
     if crowd is not None and crowd["deflate"]["negotiated"] < crowd["deflate"]["clients"]:
-        found.append(f"cost: only {crowd['deflate']['negotiated']} of {crowd['deflate']['clients']} "
-                     "deflate bots negotiated it")
+        found.append(
+            f"cost: only {crowd['deflate']['negotiated']} of {crowd['deflate']['clients']} deflate bots negotiated it"
+        )
     return found
 
 
@@ -239,8 +262,9 @@ def _target(options: BenchOptions, available: set[int]) -> Iterator[Target]:
         yield Target(host, port, path.partition("?")[0], options.server_pid, None, "server at --url: nothing pinned")
         return
     cores = plan_cores(available) if options.pin else CorePlan(frozenset(), frozenset(), "not pinned (--no-pin)")
-    command = server_command(rate=options.rate, symbols=options.symbol_list(),
-                             extra=("--bot-compression", *options.server_args))
+    command = server_command(
+        rate=options.rate, symbols=options.symbol_list(), extra=("--bot-compression", *options.server_args)
+    )
     log = Path(options.server_log) if options.server_log else None
     with ServerChild(command, cores=cores.server, log_path=log) as server:
         if cores.load:
@@ -262,8 +286,11 @@ async def _measure(window: Window, pid: int | None, seconds: float) -> dict[str,
     if before is None or after is None:
         return {"server_cpu_s": None, "server_cpu_pct": None, "server_rss_kb": None}
     cpu_s = after.cpu_s - before.cpu_s
-    return {"server_cpu_s": round(cpu_s, 3), "server_cpu_pct": round(100 * cpu_s / seconds, 1),
-            "server_rss_kb": after.rss_kb}
+    return {
+        "server_cpu_s": round(cpu_s, 3),
+        "server_cpu_pct": round(100 * cpu_s / seconds, 1),
+        "server_rss_kb": after.rss_kb,
+    }
 
 
 async def _read(ws: aiohttp.ClientWebSocketResponse, tally: Tally) -> None:
@@ -272,12 +299,19 @@ async def _read(ws: aiohttp.ClientWebSocketResponse, tally: Tally) -> None:
             tally.frame(msg.data.encode())
 
 
-async def _bots(session: aiohttp.ClientSession, urls: list[tuple[str, int]], options: BenchOptions,
-                pid: int | None, wires: tuple[Wire, ...] = ()) -> tuple[list[int], list[Tally], dict[str, Any]]:
+async def _bots(
+    session: aiohttp.ClientSession,
+    urls: list[tuple[str, int]],
+    options: BenchOptions,
+    pid: int | None,
+    wires: tuple[Wire, ...] = (),
+) -> tuple[list[int], list[Tally], dict[str, Any]]:
     """Connect a bot to each ``(url, wbits)``, count one window; negotiated wbits, tallies, server readings."""
     async with contextlib.AsyncExitStack() as stack:
-        sockets = [await stack.enter_async_context(session.ws_connect(url, compress=wbits, max_msg_size=0))
-                   for url, wbits in urls]
+        sockets = [
+            await stack.enter_async_context(session.ws_connect(url, compress=wbits, max_msg_size=0))
+            for url, wbits in urls
+        ]
         tallies = [Tally() for _ in sockets]
         readers = [asyncio.create_task(_read(ws, tally)) for ws, tally in zip(sockets, tallies, strict=True)]
         window = Window.starting_in(options.warmup, options.duration)
@@ -295,26 +329,40 @@ async def _bots(session: aiohttp.ClientSession, urls: list[tuple[str, int]], opt
 async def _pair(session: aiohttp.ClientSession, target: Target, case: Case, options: BenchOptions) -> dict[str, Any]:
     """A plain and a deflating bot with the same subscription, each through its relay."""
     async with Relay(target.host, target.port) as plain, Relay(target.host, target.port) as deflate:
-        urls = [(f"ws://127.0.0.1:{relay.port}{case.path(target.base)}", wbits)
-                for relay, wbits in ((plain, 0), (deflate, WBITS))]
+        urls = [
+            (f"ws://127.0.0.1:{relay.port}{case.path(target.base)}", wbits)
+            for relay, wbits in ((plain, 0), (deflate, WBITS))
+        ]
         wbits, tallies, server = await _bots(session, urls, options, target.pid, (plain.wire, deflate.wire))
-    sides = {name: side(w, relay.wire, tally, options.duration)
-             for name, w, relay, tally in zip(("plain", "deflate"), wbits, (plain, deflate), tallies, strict=True)}
-    return {"case": case.name, "path": case.path(target.base), **sides, **compare(sides["plain"], sides["deflate"]),
-            **server}
+    sides = {
+        name: side(w, relay.wire, tally, options.duration)
+        for name, w, relay, tally in zip(("plain", "deflate"), wbits, (plain, deflate), tallies, strict=True)
+    }
+    return {
+        "case": case.name,
+        "path": case.path(target.base),
+        **sides,
+        **compare(sides["plain"], sides["deflate"]),
+        **server,
+    }
 
 
-async def _crowd(session: aiohttp.ClientSession, target: Target, options: BenchOptions, wbits: int
-                 ) -> dict[str, Any]:
+async def _crowd(session: aiohttp.ClientSession, target: Target, options: BenchOptions, wbits: int) -> dict[str, Any]:
     """``--clients`` bots straight to the server, all deflating or all plain: the server's CPU."""
     url = f"ws://{target.host}:{target.port}{Case(TICKER, options.symbol_list()).path(target.base)}"
     negotiated, tallies, server = await _bots(session, [(url, wbits)] * options.clients, options, target.pid)
-    return {"clients": options.clients, "negotiated": sum(1 for w in negotiated if w),
-            "frames": sum(t.frames for t in tallies), "messages": sum(t.messages for t in tallies), **server}
+    return {
+        "clients": options.clients,
+        "negotiated": sum(1 for w in negotiated if w),
+        "frames": sum(t.frames for t in tallies),
+        "messages": sum(t.messages for t in tallies),
+        **server,
+    }
 
 
-async def _run(options: BenchOptions, target: Target, display: Display) -> tuple[list[dict[str, Any]],
-                                                                                 dict[str, Any] | None]:
+async def _run(
+    options: BenchOptions, target: Target, display: Display
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     timing = f"{options.warmup:g} s warm-up, {options.duration:g} s measured"
     async with aiohttp.ClientSession() as session:
         pairs = []
@@ -338,12 +386,24 @@ def run_compression(options: BenchOptions, display: Display) -> dict[str, Any]:
         display.phase(target.note)
         pairs, crowd = asyncio.run(_run(options, target, display))
     return {
-        "format": FORMAT, "bixweb": __version__, "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "format": FORMAT,
+        "bixweb": __version__,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_facts(len(available)),
-        "config": {"symbols": options.symbols, "rate": options.rate, "duration_s": options.duration,
-                   "warmup_s": options.warmup, "clients": options.clients, "url": options.url,
-                   "server_command": target.command, "server_pid": target.pid, "cores": target.note},
-        "cases": pairs, "cost": crowd, "warnings": warnings(pairs, crowd),
+        "config": {
+            "symbols": options.symbols,
+            "rate": options.rate,
+            "duration_s": options.duration,
+            "warmup_s": options.warmup,
+            "clients": options.clients,
+            "url": options.url,
+            "server_command": target.command,
+            "server_pid": target.pid,
+            "cores": target.note,
+        },
+        "cases": pairs,
+        "cost": crowd,
+        "warnings": warnings(pairs, crowd),
     }
 
 
@@ -353,23 +413,45 @@ def _pct(value: float | None) -> str:
 
 def format_compression(result: dict[str, Any]) -> str:
     """The table: one row per subscription, then the cost, notes and warnings."""
-    header = ["subscription", "plain B/s", "deflate B/s", "ratio", "saving", "messages plain/deflate",
-              "up B/s plain/deflate", "server CPU"]
-    rows = [[p["case"], si(p["plain"]["down_bytes_per_s"]), si(p["deflate"]["down_bytes_per_s"]),
-             "-" if p["ratio"] is None else f"{p['ratio']:.3f}", _pct(p["saving_pct"]),
-             f"{p['plain']['messages']}/{p['deflate']['messages']}" + (" same" if p["same_data"] else " DIFFER"),
-             f"{si(p['plain']['up_bytes_per_s'])}/{si(p['deflate']['up_bytes_per_s'])}", _pct(p["server_cpu_pct"])]
-            for p in result["cases"]]
+    header = [
+        "subscription",
+        "plain B/s",
+        "deflate B/s",
+        "ratio",
+        "saving",
+        "messages plain/deflate",
+        "up B/s plain/deflate",
+        "server CPU",
+    ]
+    rows = [
+        [
+            p["case"],
+            si(p["plain"]["down_bytes_per_s"]),
+            si(p["deflate"]["down_bytes_per_s"]),
+            "-" if p["ratio"] is None else f"{p['ratio']:.3f}",
+            _pct(p["saving_pct"]),
+            f"{p['plain']['messages']}/{p['deflate']['messages']}" + (" same" if p["same_data"] else " DIFFER"),
+            f"{si(p['plain']['up_bytes_per_s'])}/{si(p['deflate']['up_bytes_per_s'])}",
+            _pct(p["server_cpu_pct"]),
+        ]
+        for p in result["cases"]
+    ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths,
-             strict=True))) for row in [header, *rows]]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *rows]
+    ]
     crowd = result["cost"]
     if crowd is not None:
         d, p = crowd["deflate"], crowd["plain"]
-        lines.append(f"cost: {d['clients']} deflate bots (every ticker): server CPU {_pct(d['server_cpu_pct'])}; "
-                     f"{p['clients']} plain bots: {_pct(p['server_cpu_pct'])}; extra {_pct(crowd['extra_cpu_pct'])} "
-                     f"of a core = {_pct(crowd['extra_cpu_pct_per_client'])} per bot, "
-                     f"{crowd['extra_us_per_frame']} µs per frame; server RSS {d['server_rss_kb']} KiB against "
-                     f"{p['server_rss_kb']} KiB = {crowd['extra_rss_kb_per_client']} KiB per bot")
+        lines.append(
+            f"cost: {d['clients']} deflate bots (every ticker): server CPU {_pct(d['server_cpu_pct'])}; "
+            f"{p['clients']} plain bots: {_pct(p['server_cpu_pct'])}; extra {_pct(crowd['extra_cpu_pct'])} "
+            f"of a core = {_pct(crowd['extra_cpu_pct_per_client'])} per bot, "
+            f"{crowd['extra_us_per_frame']} µs per frame; server RSS {d['server_rss_kb']} KiB against "
+            f"{p['server_rss_kb']} KiB = {crowd['extra_rss_kb_per_client']} KiB per bot"
+        )
     lines.append(f"note: {result['config']['cores']}; B/s: TCP payload (WebSocket frames) from the server")
     return "\n".join(lines + [f"WARNING: {w}" for w in result["warnings"]])

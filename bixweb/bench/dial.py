@@ -98,8 +98,9 @@ async def dashboard_socket_path(target: Target) -> str:
     """GET the dashboard page and return the socket path it names (``/ws/ui?page=...``)."""
     reader, writer = await asyncio.open_connection(target.host, target.port)
     try:
-        writer.write(f"GET {target.page_path} HTTP/1.1\r\nHost: {target.authority}\r\n"
-                     "Connection: close\r\n\r\n".encode())
+        writer.write(
+            f"GET {target.page_path} HTTP/1.1\r\nHost: {target.authority}\r\nConnection: close\r\n\r\n".encode()
+        )
         page = await reader.read(PAGE_LIMIT)
         while not PAGE_SOCKET.search(page):
             more = await reader.read(PAGE_LIMIT)

@@ -75,15 +75,20 @@ def panel(box: Box, xs: Sequence[float], series: Sequence[Series], *, title: str
     def py(y: float) -> float:
         return box.top + box.height - y / (y1 or 1.0) * box.height
 
-    out = [f'<text x="{box.left}" y="{box.top - 12}" class="title">{escape(title)}</text>',
-           f'<rect x="{box.left}" y="{box.top}" width="{box.width}" height="{box.height}" class="frame"/>']
+    out = [
+        f'<text x="{box.left}" y="{box.top - 12}" class="title">{escape(title)}</text>',
+        f'<rect x="{box.left}" y="{box.top}" width="{box.width}" height="{box.height}" class="frame"/>',
+    ]
     for y in y_ticks:
-        out.append(f'<line x1="{box.left}" x2="{box.left + box.width}" y1="{py(y):.1f}" y2="{py(y):.1f}" '
-                   f'class="grid"/><text x="{box.left - 6}" y="{py(y) + 4:.1f}" class="ytick">{label(y)}</text>')
+        out.append(
+            f'<line x1="{box.left}" x2="{box.left + box.width}" y1="{py(y):.1f}" y2="{py(y):.1f}" '
+            f'class="grid"/><text x="{box.left - 6}" y="{py(y) + 4:.1f}" class="ytick">{label(y)}</text>'
+        )
     for x in x_ticks:
         out.append(f'<text x="{px(x):.1f}" y="{box.top + box.height + 16}" class="xtick">{label(x)}</text>')
-    out.append(f'<text x="{box.left + box.width / 2}" y="{box.top + box.height + 34}" class="xlabel">'
-               f'{escape(x_label)}</text>')
+    out.append(
+        f'<text x="{box.left + box.width / 2}" y="{box.top + box.height + 34}" class="xlabel">{escape(x_label)}</text>'
+    )
     for i, line in enumerate(series):
         color = COLORS[i % len(COLORS)]
         points = [(px(x), py(y)) for x, y in zip(xs, line.values, strict=True) if y is not None and math.isfinite(y)]
@@ -92,25 +97,35 @@ def panel(box: Box, xs: Sequence[float], series: Sequence[Series], *, title: str
             out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
             out += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>' for x, y in points]
         legend_y = box.top + 14 + 18 * i
-        out.append(f'<rect x="{box.left + box.width + 12}" y="{legend_y - 9}" width="12" height="3" fill="{color}"/>'
-                   f'<text x="{box.left + box.width + 30}" y="{legend_y}" class="legend">{escape(line.name)}</text>')
+        out.append(
+            f'<rect x="{box.left + box.width + 12}" y="{legend_y - 9}" width="12" height="3" fill="{color}"/>'
+            f'<text x="{box.left + box.width + 30}" y="{legend_y}" class="legend">{escape(line.name)}</text>'
+        )
     return out
 
 
-STYLE = (".title{font:bold 14px sans-serif}.frame{fill:none;stroke:#888}.grid{stroke:#ddd}"
-         ".ytick{font:11px sans-serif;text-anchor:end}.xtick{font:11px sans-serif;text-anchor:middle}"
-         ".xlabel{font:12px sans-serif;text-anchor:middle}.legend{font:12px sans-serif}")
+STYLE = (
+    ".title{font:bold 14px sans-serif}.frame{fill:none;stroke:#888}.grid{stroke:#ddd}"
+    ".ytick{font:11px sans-serif;text-anchor:end}.xtick{font:11px sans-serif;text-anchor:middle}"
+    ".xlabel{font:12px sans-serif;text-anchor:middle}.legend{font:12px sans-serif}"
+)
 
 
 def svg(panels: Sequence[tuple[str, Sequence[Series]]], xs: Sequence[float], x_label: str) -> str:
     """A whole SVG document: ``panels`` (title, series) stacked, sharing the x values."""
     height = PANEL_HEIGHT * len(panels)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-             f'viewBox="0 0 {WIDTH} {height}"><style>{STYLE}</style>'
-             f'<rect width="{WIDTH}" height="{height}" fill="#fff"/>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+        f'viewBox="0 0 {WIDTH} {height}"><style>{STYLE}</style>'
+        f'<rect width="{WIDTH}" height="{height}" fill="#fff"/>'
+    ]
     for i, (title, series) in enumerate(panels):
-        box = Box(MARGIN_LEFT, PANEL_HEIGHT * i + MARGIN_TOP, WIDTH - MARGIN_LEFT - MARGIN_RIGHT,
-                  PANEL_HEIGHT - MARGIN_TOP - MARGIN_BOTTOM)
+        box = Box(
+            MARGIN_LEFT,
+            PANEL_HEIGHT * i + MARGIN_TOP,
+            WIDTH - MARGIN_LEFT - MARGIN_RIGHT,
+            PANEL_HEIGHT - MARGIN_TOP - MARGIN_BOTTOM,
+        )
         parts += panel(box, xs, series, title=title, x_label=x_label)
     parts.append("</svg>\n")
     return "\n".join(parts)
@@ -120,8 +135,11 @@ def sweep_svg(name: str, values: Sequence[float], runs: Sequence[dict[str, Any]]
     """Throughput (messages/s) and latency (p50, p90, p99 ms) against the swept option."""
     throughput = [Series("messages/s", [r["throughput"]["messages_per_s"] for r in runs])]
     latency = [Series(p, [r["latency_ms"].get(p) for r in runs]) for p in ("p50", "p90", "p99")]
-    return svg([("Delivered messages per second", throughput), ("Latency, ms (server ts to receipt)", latency)],
-               values, name.replace("_", "-"))
+    return svg(
+        [("Delivered messages per second", throughput), ("Latency, ms (server ts to receipt)", latency)],
+        values,
+        name.replace("_", "-"),
+    )
 
 
 def write_svg(path: Path, text: str) -> None:

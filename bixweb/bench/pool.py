@@ -37,8 +37,9 @@ class LoadPool:
         context = multiprocessing.get_context("spawn")  # no inherited event loop or threads
         for plan in self.plans:
             ours, theirs = context.Pipe()
-            proc = context.Process(target=worker_main, args=(plan, theirs), name=f"bench-load-{plan.index}",
-                                   daemon=True)
+            proc = context.Process(
+                target=worker_main, args=(plan, theirs), name=f"bench-load-{plan.index}", daemon=True
+            )
             proc.start()
             theirs.close()
             self.pipes.append(ours)
@@ -49,8 +50,9 @@ class LoadPool:
         for pipe in self.pipes:
             pipe.send(message)
 
-    def gather(self, kind: str, timeout: float, *, tick: Callable[[], None] | None = None,
-               progress: Progress | None = None) -> list[Any]:
+    def gather(
+        self, kind: str, timeout: float, *, tick: Callable[[], None] | None = None, progress: Progress | None = None
+    ) -> list[Any]:
         """The payload of one ``kind`` message from every worker, in worker order.
 
         ``progress`` gets every ``progress`` message on the way; ``tick`` is

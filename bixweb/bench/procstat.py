@@ -26,7 +26,7 @@ class ProcSample:
 
 def parse_stat_cpu(text: str) -> float:
     """utime + stime in seconds from the text of ``/proc/<pid>/stat``."""
-    fields = text[text.rindex(")") + 2:].split()
+    fields = text[text.rindex(")") + 2 :].split()
     # after "pid (comm) ", the state is field 3 of the man page; utime, stime are 14, 15
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 

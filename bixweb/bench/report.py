@@ -81,8 +81,7 @@ class Display:
             phase, done, left = "warm-up", (now - started) / max(open_at - started, 1e-9), open_at - now
         else:
             phase, done, left = "measure", (now - open_at) / max(close_at - open_at, 1e-9), close_at - now
-        return (f"{phase:7} {bar(done)} {max(left, 0.0):5.1f} s left  {opened} bots open  "
-                f"{si(self.rate)} msg/s")
+        return f"{phase:7} {bar(done)} {max(left, 0.0):5.1f} s left  {opened} bots open  {si(self.rate)} msg/s"
 
     def finish(self) -> None:
         self._clear()
@@ -109,20 +108,31 @@ def format_result(result: dict[str, Any]) -> str:
         ("bytes/s", si(t["bytes_per_s"], "B")),
         ("latency", _latency(result["latency_ms"])),
         ("per client", f"min {f['min']} / max {f['max']} messages over {f['clients']} clients"),
-        ("connections", f"{c['opened']} open, {c['failed']} failed, {si(c['per_s'])}/s "
-                        f"(handshake p99 {c['handshake_ms']['p99']} ms)"),
+        (
+            "connections",
+            f"{c['opened']} open, {c['failed']} failed, {si(c['per_s'])}/s "
+            f"(handshake p99 {c['handshake_ms']['p99']} ms)",
+        ),
         ("server CPU", f"{s['cpu_pct']} % (while connecting {c['server_cpu_pct']} %)"),
-        ("server RSS", f"start {rss.get('start')} / connected {rss.get('connected')} / peak {rss.get('peak')} KiB, "
-                       f"{s['rss_per_connection_kb']} KiB per connection"),
-        ("load CPU", f"{ld['cpu_pct']} % ({ld['cpu_pct_of_cores']} % of cores {ld['cores']}), "
-                     f"workers {ld['worker_cpu_pct']}"),
+        (
+            "server RSS",
+            f"start {rss.get('start')} / connected {rss.get('connected')} / peak {rss.get('peak')} KiB, "
+            f"{s['rss_per_connection_kb']} KiB per connection",
+        ),
+        (
+            "load CPU",
+            f"{ld['cpu_pct']} % ({ld['cpu_pct_of_cores']} % of cores {ld['cores']}), workers {ld['worker_cpu_pct']}",
+        ),
         ("cores busy", " ".join(f"{k}:{v}%" for k, v in result["cores_busy_pct"].items())),
     ]
     if "dashboard" in result:
         d = result["dashboard"]
         rows += [
-            ("dashboard", f"{si(d['frames_per_s'])} frames/s, {si(d['bytes_per_s'], 'B')}/s, "
-                          f"{d['status_broadcasts']} status broadcasts"),
+            (
+                "dashboard",
+                f"{si(d['frames_per_s'])} frames/s, {si(d['bytes_per_s'], 'B')}/s, "
+                f"{d['status_broadcasts']} status broadcasts",
+            ),
             ("  latency", _latency(d["latency_ms"]) if d["latency_ms"] else d["latency_method"]),
             ("  fan-out spread", _latency(d["fanout_spread_ms"])),
         ]
@@ -144,8 +154,14 @@ def fixed(value: float | None) -> str:
 
 def sweep_row(result: dict[str, Any]) -> list[str]:
     t, lat, s, ld = result["throughput"], result["latency_ms"], result["server"], result["load"]
-    return [si(t["messages_per_s"]), si(t["frames_per_s"]), *(fixed(lat[k]) for k in ("p50", "p90", "p99", "max")),
-            fixed(s["cpu_pct"]), fixed(s["rss_per_connection_kb"]), fixed(ld["cpu_pct"])]
+    return [
+        si(t["messages_per_s"]),
+        si(t["frames_per_s"]),
+        *(fixed(lat[k]) for k in ("p50", "p90", "p99", "max")),
+        fixed(s["cpu_pct"]),
+        fixed(s["rss_per_connection_kb"]),
+        fixed(ld["cpu_pct"]),
+    ]
 
 
 def format_sweep(name: str, values: Sequence[float], runs: Sequence[dict[str, Any]]) -> str:

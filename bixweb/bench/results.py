@@ -61,12 +61,22 @@ def merged(wires: Iterable[WireHistogram]) -> Histogram:
 def config_section(setup: Setup) -> dict[str, Any]:
     o = setup.options
     return {
-        "clients": o.clients, "ui_clients": o.ui_clients, "stalled": o.stalled, "symbols": o.symbols,
-        "channels": list(o.channels), "rate": o.rate, "duration_s": o.duration, "warmup_s": o.warmup,
-        "workers": len(setup.plans), "connect_concurrency": o.connect_concurrency, "url": o.url,
+        "clients": o.clients,
+        "ui_clients": o.ui_clients,
+        "stalled": o.stalled,
+        "symbols": o.symbols,
+        "channels": list(o.channels),
+        "rate": o.rate,
+        "duration_s": o.duration,
+        "warmup_s": o.warmup,
+        "workers": len(setup.plans),
+        "connect_concurrency": o.connect_concurrency,
+        "url": o.url,
         "target": f"ws://{setup.target.authority}{setup.target.bot_path}",
-        "server_command": setup.server_command, "server_pid": setup.server_pid,
-        "server_cores": sorted(setup.cores.server), "load_cores": sorted(setup.cores.load),
+        "server_command": setup.server_command,
+        "server_pid": setup.server_pid,
+        "server_cores": sorted(setup.cores.server),
+        "load_cores": sorted(setup.cores.load),
         "source_addresses": list(setup.plans[0].sources) if setup.plans else [],
     }
 
@@ -152,8 +162,9 @@ def dashboard_section(windows: list[WindowReport]) -> dict[str, Any]:
         "bytes_per_s": per_s(windows, lambda w: w["ui_bytes"]),
         "status_broadcasts": broadcasts,
         "latency_ms": rendered.summary() if rendered.total else None,
-        "latency_method": "status <time datetime> (ms) to receipt" if rendered.total else
-                          "unavailable: the status <time datetime> has whole seconds only",
+        "latency_method": "status <time datetime> (ms) to receipt"
+        if rendered.total
+        else "unavailable: the status <time datetime> has whole seconds only",
         "fanout_spread_ms": spread.summary(),
     }
 
@@ -195,8 +206,10 @@ def warnings(result: dict[str, Any]) -> list[str]:
     load = result["load"]
     share = load["cpu_pct_of_cores"]
     if (share is not None and share > BOTTLENECK_PCT) or any(p > BOTTLENECK_PCT for p in load["worker_cpu_pct"]):
-        out.append(f"the load generator is near its limit (CPU {load['cpu_pct']} %, workers "
-                   f"{load['worker_cpu_pct']}): it, not the server, may be the bottleneck; add --workers or cores")
+        out.append(
+            f"the load generator is near its limit (CPU {load['cpu_pct']} %, workers "
+            f"{load['worker_cpu_pct']}): it, not the server, may be the bottleneck; add --workers or cores"
+        )
     if result["connect"]["failed"]:
         out.append(f"{result['connect']['failed']} connections failed: {'; '.join(result['connect']['errors'][:3])}")
     if result["fairness"]["closed_during_window"]:
@@ -206,8 +219,10 @@ def warnings(result: dict[str, Any]) -> list[str]:
         out.append(f"{latency['negative']} latency samples below 0: clocks disagree?")
     delivered, offered = result["throughput"]["messages_per_s"], result["throughput"]["offered_per_s"]
     if offered and delivered < OFFER_SHARE * offered:
-        out.append(f"delivered {delivered:.0f} messages/s of {offered:.0f} offered (clients x symbols x rate): "
-                   "ticks were late or messages lost")
+        out.append(
+            f"delivered {delivered:.0f} messages/s of {offered:.0f} offered (clients x symbols x rate): "
+            "ticks were late or messages lost"
+        )
     server_cpu = result["server"]["cpu_pct"]
     if server_cpu is not None and server_cpu >= SATURATED_PCT:
         out.append(f"the server used {server_cpu} % of a core: it is saturated")

@@ -101,11 +101,26 @@ def worker_plans(options: BenchOptions, target: Target, cores: CorePlan, nofile:
     count = min(count, max(1, options.connections))
     sources = source_addresses(options, target.host)
     return [
-        WorkerPlan(index=i, target=target, bots=b, stalled=s, dashboards=d, sources=sources,
-                   concurrency=max(1, options.connect_concurrency // count),
-                   connect_timeout=options.connect_timeout, cores=cores.load, nofile=nofile)
-        for i, (b, s, d) in enumerate(zip(split(options.clients, count), split(options.stalled, count),
-                                          split(options.ui_clients, count), strict=True))
+        WorkerPlan(
+            index=i,
+            target=target,
+            bots=b,
+            stalled=s,
+            dashboards=d,
+            sources=sources,
+            concurrency=max(1, options.connect_concurrency // count),
+            connect_timeout=options.connect_timeout,
+            cores=cores.load,
+            nofile=nofile,
+        )
+        for i, (b, s, d) in enumerate(
+            zip(
+                split(options.clients, count),
+                split(options.stalled, count),
+                split(options.ui_clients, count),
+                strict=True,
+            )
+        )
     ]
 
 
@@ -142,16 +157,25 @@ def _server(options: BenchOptions, notes: list[str], nofile: int) -> Iterator[Se
         if not options.pin:
             cores = CorePlan(frozenset(), frozenset(), "not pinned (--no-pin)")
         target = Target(host, port, bot_path(options, path))
-        yield Setup(options, target, cores, worker_plans(options, target, cores, nofile), pid, None, notes,
-                    frozenset(available))
+        yield Setup(
+            options, target, cores, worker_plans(options, target, cores, nofile), pid, None, notes, frozenset(available)
+        )
         return
     cores = plan_cores(available) if options.pin else CorePlan(frozenset(), frozenset(), "not pinned (--no-pin)")
     command = server_command(rate=options.rate, symbols=options.symbol_list(), extra=options.server_args)
     log = Path(options.server_log) if options.server_log else None
     with ServerChild(command, cores=cores.server, log_path=log) as server:
         target = Target(server.host, server.port, bot_path(options))
-        yield Setup(options, target, cores, worker_plans(options, target, cores, nofile), server.pid, command, notes,
-                    frozenset(available))
+        yield Setup(
+            options,
+            target,
+            cores,
+            worker_plans(options, target, cores, nofile),
+            server.pid,
+            command,
+            notes,
+            frozenset(available),
+        )
 
 
 @contextlib.contextmanager
@@ -193,8 +217,7 @@ def _measure(setup: Setup, pool: LoadPool, meter: Meter, display: Display) -> di
             meter.mark("close")
         display.tick(now)
 
-    windows = pool.gather("result", options.warmup + options.duration + 30.0, tick=tick,
-                          progress=display.progress)
+    windows = pool.gather("result", options.warmup + options.duration + 30.0, tick=tick, progress=display.progress)
     for name in ("open", "close"):
         if name not in meter.marks:
             meter.mark(name)

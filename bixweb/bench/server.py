@@ -25,10 +25,26 @@ LISTENING = re.compile(rb"listening on http://(\[[^\]]+\]|[^:/\s]+):(\d+)/")
 
 def server_command(*, rate: float, symbols: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
     """The command line of the server child; every load client comes from loopback, so no connection limits."""
-    return [sys.executable, "-m", "bixweb", "--host", "127.0.0.1", "--port", "0",
-            "--max-connections", "0", "--max-connections-per-client", "0",
-            "--data-dir", tempfile.mkdtemp(prefix="bixweb-bench-"),
-            "--tick-rate", f"{rate:g}", "--symbols", ",".join(symbols), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "bixweb",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--max-connections",
+        "0",
+        "--max-connections-per-client",
+        "0",
+        "--data-dir",
+        tempfile.mkdtemp(prefix="bixweb-bench-"),
+        "--tick-rate",
+        f"{rate:g}",
+        "--symbols",
+        ",".join(symbols),
+        *extra,
+    ]
 
 
 def find_listening(log: bytes) -> tuple[str, int] | None:
@@ -42,8 +58,9 @@ def find_listening(log: bytes) -> tuple[str, int] | None:
 class ServerChild:
     """Start with :meth:`start`, always :meth:`stop` (it is a context manager too)."""
 
-    def __init__(self, command: Sequence[str], *, cores: frozenset[int] = frozenset(),
-                 log_path: Path | None = None) -> None:
+    def __init__(
+        self, command: Sequence[str], *, cores: frozenset[int] = frozenset(), log_path: Path | None = None
+    ) -> None:
         self.command = list(command)
         self.cores = cores
         self.log_path = log_path
@@ -68,8 +85,7 @@ class ServerChild:
             self._log = tempfile.TemporaryFile()
         else:
             self._log = self.log_path.open("w+b")
-        self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         if self.cores:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(self.proc.pid, self.cores)

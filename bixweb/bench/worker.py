@@ -163,14 +163,19 @@ class Worker:
         async with gate:
             if kind == "dashboard":
                 path = await dial.dashboard_socket_path(plan.target)
-                client = await dial.open_socket(plan.target, path, lambda r, k: DashboardClient(r, k, tally),
-                                                source=source)
+                client = await dial.open_socket(
+                    plan.target, path, lambda r, k: DashboardClient(r, k, tally), source=source
+                )
                 self.others.append(client)
             else:
                 stall = kind == "stalled"
-                client = await dial.open_socket(plan.target, plan.target.bot_path,
-                                                lambda r, k: BotClient(r, k, tally, stall=stall),
-                                                source=source, stall=stall)
+                client = await dial.open_socket(
+                    plan.target,
+                    plan.target.bot_path,
+                    lambda r, k: BotClient(r, k, tally, stall=stall),
+                    source=source,
+                    stall=stall,
+                )
                 (self.others if stall else self.bots).append(client)
         return kind
 
@@ -219,8 +224,12 @@ class Window:
         cpu_s = time.process_time() - self.cpu
         latency, ui_latency, stamps = tally.latency, tally.ui_latency, tally.ui_stamps or {}
         tally.latency, tally.ui_latency, tally.ui_stamps = Histogram(), Histogram(), None
-        msgs, frames, nbytes, ui_frames, ui_bytes = (now - then for now, then in zip(
-            (tally.msgs, tally.frames, tally.bytes, tally.ui_frames, tally.ui_bytes), self.counts, strict=True))
+        msgs, frames, nbytes, ui_frames, ui_bytes = (
+            now - then
+            for now, then in zip(
+                (tally.msgs, tally.frames, tally.bytes, tally.ui_frames, tally.ui_bytes), self.counts, strict=True
+            )
+        )
         return {
             "index": index,
             "window_s": window_s,

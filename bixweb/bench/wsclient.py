@@ -71,8 +71,23 @@ class Tally:
     opens, so they hold that window only.
     """
 
-    __slots__ = ("msgs", "frames", "bytes", "ui_frames", "ui_bytes", "latency", "ui_latency",
-                 "ui_stamps", "handshake", "pings", "closed", "errors", "last_error", "clock", "buffer")
+    __slots__ = (
+        "msgs",
+        "frames",
+        "bytes",
+        "ui_frames",
+        "ui_bytes",
+        "latency",
+        "ui_latency",
+        "ui_stamps",
+        "handshake",
+        "pings",
+        "closed",
+        "errors",
+        "last_error",
+        "clock",
+        "buffer",
+    )
 
     def __init__(self, clock: WakeClock | None = None) -> None:
         self.clock = clock or WakeClock()
@@ -154,7 +169,7 @@ class WsClient(asyncio.BufferedProtocol):
                 self.tally.pings += 1
                 self._send(OP_PONG, buf[start:end])
             elif opcode == OP_CLOSE:
-                self._send(OP_CLOSE, buf[start:start + 2])
+                self._send(OP_CLOSE, buf[start : start + 2])
                 transport.close()
                 return
 

@@ -63,9 +63,9 @@ def decode_publication(payload: bytes) -> Publication:
         for _ in range(count):
             name_length, conflate, data_length = _PART.unpack_from(payload, offset)
             offset += _PART.size
-            stream = payload[offset:offset + name_length].decode()
+            stream = payload[offset : offset + name_length].decode()
             offset += name_length
-            data = payload[offset:offset + data_length]
+            data = payload[offset : offset + data_length]
             offset += data_length
             if len(data) != data_length:
                 raise BrokerError("truncated publication")

@@ -91,8 +91,13 @@ class RedisBroker:
         self._subscribers: list[Subscriber] = []
 
     def _client(self) -> Redis:
-        return Redis.from_url(self.url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=2.0,
-                              socket_timeout=5.0, health_check_interval=HEALTH_CHECK_S)
+        return Redis.from_url(
+            self.url,
+            retry=Retry(NoBackoff(), 0),
+            socket_connect_timeout=2.0,
+            socket_timeout=5.0,
+            health_check_interval=HEALTH_CHECK_S,
+        )
 
     # -- owner side ---------------------------------------------------------
 
@@ -158,8 +163,9 @@ class RedisBroker:
 
     async def _write_seed(self, client: Redis, seed: Seed) -> None:
         requests = f"{self.prefix}:desk:"  # requests and replies in flight are not state: keep them
-        stale = [key async for key in client.scan_iter(match=f"{self.prefix}:*")
-                 if not key.decode().startswith(requests)]
+        stale = [
+            key async for key in client.scan_iter(match=f"{self.prefix}:*") if not key.decode().startswith(requests)
+        ]
         async with client.pipeline(transaction=True) as pipe:
             if stale:
                 pipe.delete(*stale)
@@ -246,8 +252,9 @@ class RedisBroker:
             self._requests = self._client()
         reply_to = f"{self.prefix}:desk:reply:{secrets.token_hex(8)}"
         deadline_ms = int(time.time() * 1000 + REQUEST_TIMEOUT_S * 1000)
-        await self._requests.rpush(self.requests_key, orjson.dumps(
-            {**request, "reply_to": reply_to, "deadline_ms": deadline_ms}))
+        await self._requests.rpush(
+            self.requests_key, orjson.dumps({**request, "reply_to": reply_to, "deadline_ms": deadline_ms})
+        )
         item = await self._requests.blpop([reply_to], timeout=REQUEST_TIMEOUT_S)
         if item is None:
             raise TimeoutError("no answer from the feed process")
@@ -257,8 +264,12 @@ class RedisBroker:
     async def read_seed(self, client: Redis) -> Seed | None:
         """The owner's state, read in one MULTI so it is one moment's; None before any owner wrote one."""
         prefix = self.prefix
-        lists = [stream_key(channel, symbol) for symbol in self.symbols for channel in CHANNELS
-                 if channel in REPLAYED or channel.startswith("candles_")]
+        lists = [
+            stream_key(channel, symbol)
+            for symbol in self.symbols
+            for channel in CHANNELS
+            if channel in REPLAYED or channel.startswith("candles_")
+        ]
         async with client.pipeline(transaction=True) as pipe:
             pipe.hgetall(f"{prefix}:seed")
             pipe.hgetall(f"{prefix}:latest")
@@ -315,8 +326,12 @@ class RedisBroker:
                             self._number = publication.number
                             self._deliver(publication)
                             continue
-                    log.warning("publication %d of epoch %d does not follow %d: reading the state again",
-                                publication.number, publication.epoch, self._number)
+                    log.warning(
+                        "publication %d of epoch %d does not follow %d: reading the state again",
+                        publication.number,
+                        publication.epoch,
+                        self._number,
+                    )
                     seed = await self.read_seed(client)
                     if seed is not None:
                         self._seed(seed)

@@ -161,4 +161,3 @@ def error_from_message(message: Mapping[str, Any]) -> ProtocolError:
         request_id=request_id if isinstance(request_id, str | int) else None,
         path=path if isinstance(path, str) else None,
     )
-

@@ -161,8 +161,11 @@ class MarketView:
             book = self._books.get(symbol)
             if book is None:
                 return None
-            return {**book, "bids": [list(level) for level in book["bids"]],
-                    "asks": [list(level) for level in book["asks"]]}
+            return {
+                **book,
+                "bids": [list(level) for level in book["bids"]],
+                "asks": [list(level) for level in book["asks"]],
+            }
 
     # -- the rules -------------------------------------------------------------
 
@@ -301,4 +304,3 @@ class MarketView:
             if key in self._held:  # held trades beyond another hole: ask again
                 resyncs.append(self._gap(key, epoch, self._positions[key][1], min(self._held[key])))
         return Received(out, resyncs)
-

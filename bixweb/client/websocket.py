@@ -577,9 +577,13 @@ class WebSocketClient:
         url = self._target()
         async with asyncio.timeout(self.connect_timeout):
             ws = await self._session.ws_connect(
-                url, heartbeat=self.heartbeat, max_msg_size=self.max_message_size, decode_text=False,
+                url,
+                heartbeat=self.heartbeat,
+                max_msg_size=self.max_message_size,
+                decode_text=False,
                 headers={"Authorization": f"Bearer {self.token}"} if self.token else None,
-                ssl=self.ssl, compress=15 if self.compress else 0,
+                ssl=self.ssl,
+                compress=15 if self.compress else 0,
             )
         self._ws = ws
         self.connections += 1

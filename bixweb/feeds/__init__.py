@@ -54,8 +54,9 @@ def open_feed(url: str, *, symbols: Sequence[str], seed: int, tick_rate: float, 
     scheme = urlsplit(url).scheme
     if scheme == "simulated":
         speed = speed_option(url_options(url, {"speed"}).get("speed", "1"))
-        market = SimulatedMarket(symbols, seed=seed, tick_rate=tick_rate, book_depth=book_depth,
-                                 id_base=trade_id_base(now_ms()))  # a restart repeats no trade id
+        market = SimulatedMarket(
+            symbols, seed=seed, tick_rate=tick_rate, book_depth=book_depth, id_base=trade_id_base(now_ms())
+        )  # a restart repeats no trade id
         return SimulatedFeed(market, tick_rate, speed=speed)
     if scheme == "binance":
         return open_binance(url, symbols=symbols, book_depth=book_depth)

@@ -140,8 +140,14 @@ class Intake:
         if symbol not in self.symbols:
             if symbol not in self._foreign:
                 self._foreign.add(symbol)
-                event(log, logging.WARNING, "feed_foreign_symbol", source=self.adapter.name, symbol=symbol,
-                      action="ignored")
+                event(
+                    log,
+                    logging.WARNING,
+                    "feed_foreign_symbol",
+                    source=self.adapter.name,
+                    symbol=symbol,
+                    action="ignored",
+                )
             return False
         self._heard.add(symbol)
         if isinstance(item, Trade):
@@ -155,8 +161,16 @@ class Intake:
             return
         since = self.malformed - self._malformed_told
         self._malformed_told_ms, self._malformed_told = now, self.malformed
-        event(log, logging.WARNING, "feed_malformed_frame", source=self.adapter.name, bytes=len(frame.data),
-              fault=fault, since_last_report=since, total=self.malformed)
+        event(
+            log,
+            logging.WARNING,
+            "feed_malformed_frame",
+            source=self.adapter.name,
+            bytes=len(frame.data),
+            fault=fault,
+            since_last_report=since,
+            total=self.malformed,
+        )
 
     def _look_for_unlisted(self, now: int) -> None:
         if self._unlisted_told or not self._heard:
@@ -168,5 +182,12 @@ class Intake:
         self._unlisted_told = True
         silent = sorted(self.symbols - self._heard)
         if silent:
-            event(log, logging.WARNING, "feed_silent_symbols", source=self.adapter.name, symbols=",".join(silent),
-                  seconds=self.unlisted_after_ms / 1000, hint="not listed by the exchange? they stay empty")
+            event(
+                log,
+                logging.WARNING,
+                "feed_silent_symbols",
+                source=self.adapter.name,
+                symbols=",".join(silent),
+                seconds=self.unlisted_after_ms / 1000,
+                hint="not listed by the exchange? they stay empty",
+            )

@@ -172,8 +172,14 @@ class ExchangeFeed:
                 delay = next(delays)
                 self.status.failures += 1
                 self.status.last_failure = _failure_kind(exc)
-                event(log, logging.WARNING, "feed_connect_failed", source=self.adapter.name,
-                      failure=self.status.last_failure, retry_in_s=round(delay, 2))
+                event(
+                    log,
+                    logging.WARNING,
+                    "feed_connect_failed",
+                    source=self.adapter.name,
+                    failure=self.status.last_failure,
+                    retry_in_s=round(delay, 2),
+                )
                 await asyncio.sleep(delay)
                 continue
             reader = asyncio.create_task(self._read(conn, frames), name=f"{self.adapter.name}-{conn.number}")
@@ -188,8 +194,15 @@ class ExchangeFeed:
             if conn.delivered:
                 delays = backoff(options.backoff_initial, options.backoff_max, rng=self._rng)
             delay = next(delays)
-            event(log, logging.WARNING, "feed_disconnected", source=self.adapter.name, connection=conn.number,
-                  reason=self.status.last_failure, retry_in_s=round(delay, 2))
+            event(
+                log,
+                logging.WARNING,
+                "feed_disconnected",
+                source=self.adapter.name,
+                connection=conn.number,
+                reason=self.status.last_failure,
+                retry_in_s=round(delay, 2),
+            )
             await asyncio.sleep(delay)
 
     async def _open(self, session: aiohttp.ClientSession) -> _Connection:
@@ -208,8 +221,9 @@ class ExchangeFeed:
         number = self.status.connections
         self.status.open.add(number)
         self.intake.newest = number
-        event(log, logging.INFO, "feed_connected", source=self.adapter.name, connection=number,
-              symbols=len(self.symbols))
+        event(
+            log, logging.INFO, "feed_connected", source=self.adapter.name, connection=number, symbols=len(self.symbols)
+        )
         return _Connection(number, ws, asyncio.get_running_loop().time())
 
     async def _serve(self, conn: _Connection) -> bool:
@@ -226,8 +240,9 @@ class ExchangeFeed:
         if conn.reader.done():
             return False
         why = "shutdown_announced" if self._replace_now.is_set() else "age_limit"
-        event(log, logging.INFO, "feed_replacing_connection", source=self.adapter.name, connection=conn.number,
-              reason=why)
+        event(
+            log, logging.INFO, "feed_replacing_connection", source=self.adapter.name, connection=conn.number, reason=why
+        )
         return True
 
     async def _read(self, conn: _Connection, frames: asyncio.Queue[Frame]) -> None:

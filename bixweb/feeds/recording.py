@@ -76,32 +76,73 @@ def window_time(events: Sequence[MarketEvent]) -> int | None:
 
 
 def _candle_fields(c: Candle) -> Json:
-    return {"start": c.start, "open": c.open, "high": c.high, "low": c.low, "close": c.close, "volume": c.volume,
-            "closed": c.closed}
+    return {
+        "start": c.start,
+        "open": c.open,
+        "high": c.high,
+        "low": c.low,
+        "close": c.close,
+        "volume": c.volume,
+        "closed": c.closed,
+    }
 
 
 def encode_event(event: MarketEvent) -> Json:
     """One event as a JSON object tagged by ``type``."""
     if isinstance(event, Trade):
-        return {"type": "trade", "symbol": event.symbol, "id": event.id, "price": event.price, "qty": event.qty,
-                "side": event.side, "time": event.time}
+        return {
+            "type": "trade",
+            "symbol": event.symbol,
+            "id": event.id,
+            "price": event.price,
+            "qty": event.qty,
+            "side": event.side,
+            "time": event.time,
+        }
     if isinstance(event, Book):
-        return {"type": "book", "symbol": event.symbol, "bids": [list(level) for level in event.bids],
-                "asks": [list(level) for level in event.asks], "time": event.time}
+        return {
+            "type": "book",
+            "symbol": event.symbol,
+            "bids": [list(level) for level in event.bids],
+            "asks": [list(level) for level in event.asks],
+            "time": event.time,
+        }
     if isinstance(event, History):
-        return {"type": "history", "symbol": event.symbol,
-                "minutes": [[c.start, c.open, c.high, c.low, c.close, c.volume] for c in event.minutes]}
+        return {
+            "type": "history",
+            "symbol": event.symbol,
+            "minutes": [[c.start, c.open, c.high, c.low, c.close, c.volume] for c in event.minutes],
+        }
     if isinstance(event, TickerStats):
-        return {"type": "ticker_stats", "symbol": event.symbol, "price": event.price, "bid": event.bid,
-                "ask": event.ask, "open": event.open, "high": event.high, "low": event.low, "volume": event.volume,
-                "quote_volume": event.quote_volume, "time": event.time}
-    return {"type": "candle", "symbol": event.symbol, "interval": INTERVAL_LABELS[event.interval],
-            **_candle_fields(event.candle), "time": event.time}
+        return {
+            "type": "ticker_stats",
+            "symbol": event.symbol,
+            "price": event.price,
+            "bid": event.bid,
+            "ask": event.ask,
+            "open": event.open,
+            "high": event.high,
+            "low": event.low,
+            "volume": event.volume,
+            "quote_volume": event.quote_volume,
+            "time": event.time,
+        }
+    return {
+        "type": "candle",
+        "symbol": event.symbol,
+        "interval": INTERVAL_LABELS[event.interval],
+        **_candle_fields(event.candle),
+        "time": event.time,
+    }
 
 
 def header_line(feed: str, symbols: Sequence[str], created_ms: int) -> bytes:
-    return orjson.dumps({"format": FORMAT, "version": VERSION, "created_ms": created_ms, "feed": feed,
-                         "symbols": list(symbols)}) + b"\n"
+    return (
+        orjson.dumps(
+            {"format": FORMAT, "version": VERSION, "created_ms": created_ms, "feed": feed, "symbols": list(symbols)}
+        )
+        + b"\n"
+    )
 
 
 def window_line(t: int, events: Sequence[MarketEvent]) -> bytes:
@@ -151,8 +192,15 @@ def _levels(obj: Mapping[str, Any], key: str) -> tuple[tuple[float, float], ...]
 
 
 def _candle(obj: Mapping[str, Any], closed: bool) -> Candle:
-    return Candle(_int(obj, "start"), _number(obj, "open"), _number(obj, "high"), _number(obj, "low"),
-                  _number(obj, "close"), _number(obj, "volume"), closed)
+    return Candle(
+        _int(obj, "start"),
+        _number(obj, "open"),
+        _number(obj, "high"),
+        _number(obj, "low"),
+        _number(obj, "close"),
+        _number(obj, "volume"),
+        closed,
+    )
 
 
 def _minute(row: Any) -> Candle:
@@ -170,8 +218,14 @@ def decode_event(obj: Any) -> MarketEvent:
         side = _str(obj, "side")
         if side not in ("buy", "sell"):
             raise ValueError("'side' is neither buy nor sell")
-        return Trade(symbol, _int(obj, "id", 1), _number(obj, "price"), _number(obj, "qty"),
-                     "buy" if side == "buy" else "sell", _int(obj, "time"))
+        return Trade(
+            symbol,
+            _int(obj, "id", 1),
+            _number(obj, "price"),
+            _number(obj, "qty"),
+            "buy" if side == "buy" else "sell",
+            _int(obj, "time"),
+        )
     if kind == "book":
         return Book(symbol, _levels(obj, "bids"), _levels(obj, "asks"), _int(obj, "time"))
     if kind == "history":
@@ -181,9 +235,16 @@ def decode_event(obj: Any) -> MarketEvent:
         return History(symbol, tuple(_minute(row) for row in minutes))
     if kind == "ticker_stats":
         return TickerStats(
-            symbol, price=_number(obj, "price"), bid=_number(obj, "bid"), ask=_number(obj, "ask"),
-            open=_number(obj, "open"), high=_number(obj, "high"), low=_number(obj, "low"),
-            volume=_number(obj, "volume"), quote_volume=_number(obj, "quote_volume"), time=_int(obj, "time"),
+            symbol,
+            price=_number(obj, "price"),
+            bid=_number(obj, "bid"),
+            ask=_number(obj, "ask"),
+            open=_number(obj, "open"),
+            high=_number(obj, "high"),
+            low=_number(obj, "low"),
+            volume=_number(obj, "volume"),
+            quote_volume=_number(obj, "quote_volume"),
+            time=_int(obj, "time"),
         )
     if kind == "candle":
         interval = LABEL_INTERVALS.get(_str(obj, "interval"))

@@ -84,8 +84,14 @@ class ReplayFeed:
                     self.progress.update(reader.fraction, f"{windows} windows", force=True)
                     self.progress.close()
             if reader.truncated:
-                event(log, logging.WARNING, "replay_cut_short", file=self.path, line=reader.line,
-                      action="replayed what came before")
+                event(
+                    log,
+                    logging.WARNING,
+                    "replay_cut_short",
+                    file=self.path,
+                    line=reader.line,
+                    action="replayed what came before",
+                )
         event(log, logging.INFO, "replay_over", file=self.path, windows=windows)
 
 
@@ -103,6 +109,13 @@ def open_replay(url: str, *, symbols: Sequence[str]) -> ReplayFeed:
         )
     left_out = [s for s in symbols if s not in feed.header.symbols]
     if left_out:
-        event(log, logging.INFO, "replay_symbols_missing", file=path, count=len(left_out),
-              symbols=",".join(left_out), action="they stay empty")
+        event(
+            log,
+            logging.INFO,
+            "replay_symbols_missing",
+            file=path,
+            count=len(left_out),
+            symbols=",".join(left_out),
+            action="they stay empty",
+        )
     return feed

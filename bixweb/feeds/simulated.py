@@ -75,9 +75,7 @@ def instruments(symbols: Sequence[str]) -> list[Instrument]:
     """The catalogue entries for ``symbols``; :class:`ConfigError` names any it lacks."""
     unknown = [s for s in symbols if s not in CATALOG]
     if unknown:
-        raise ConfigError(
-            f"the simulated market has no {', '.join(unknown)}; it knows {', '.join(CATALOG)}"
-        )
+        raise ConfigError(f"the simulated market has no {', '.join(unknown)}; it knows {', '.join(CATALOG)}")
     return [CATALOG[s] for s in symbols]
 
 
@@ -171,9 +169,7 @@ class SimulatedMarket:
             for _ in range(rng.choices((0, 1, 2, 3), weights=(2, 4, 3, 1))[0]):
                 price, available = levels[min(rng.randint(0, 1), len(levels) - 1)]
                 qty = min(available, round(inst.trade_qty * rng.lognormvariate(0.0, 0.8), inst.lot_decimals))
-                events.append(
-                    Trade(inst.symbol, walk.next_trade_id, price, qty or available, side, now_ms)
-                )
+                events.append(Trade(inst.symbol, walk.next_trade_id, price, qty or available, side, now_ms))
                 walk.next_trade_id += 1
             events.append(book)
         return events

@@ -89,8 +89,12 @@ class Fanout:
         mirror = service.market
         assert isinstance(mirror, Mirror)
         missed = mirror.load(seed, now_ms())
-        log.info("market state loaded: epoch %d, publication %d; %d messages to catch clients up",
-                 seed.epoch, seed.published, len(missed))
+        log.info(
+            "market state loaded: epoch %d, publication %d; %d messages to catch clients up",
+            seed.epoch,
+            seed.published,
+            len(missed),
+        )
         service.hub.publish_encoded(missed)  # what clients missed while the link was down, in order
         service.dashboard.mark_streams(mirror.latest)
         service.dashboard.mark_streams(mirror.recent)
@@ -210,8 +214,10 @@ def announce_access(settings: Settings, tokens: Tokens) -> None:
     elif settings.open_bots:
         log.warning("bot socket /ws: open to every address without a token (--open-bots)")
     else:
-        log.warning("bot socket /ws: no tokens configured, so it serves loopback clients only "
-                    "(set BIXWEB_TOKENS or --token-file to serve others)")
+        log.warning(
+            "bot socket /ws: no tokens configured, so it serves loopback clients only "
+            "(set BIXWEB_TOKENS or --token-file to serve others)"
+        )
     if settings.trusted_proxies:
         log.info("trusting X-Forwarded-For/-Proto from %s", ", ".join(settings.trusted_proxies))
 
@@ -241,8 +247,12 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
         epoch=now_ms(),
     )
     tokens = Tokens.load(settings.tokens, settings.token_file)
-    broker = open_broker(settings.broker, symbols=settings.symbols, history_points=settings.history_points,
-                         replay_depth=settings.replay_depth)
+    broker = open_broker(
+        settings.broker,
+        symbols=settings.symbols,
+        history_points=settings.history_points,
+        replay_depth=settings.replay_depth,
+    )
     desk: Desk | DeskReplica | None
     if not follower:
         desk = Desk(SQLiteStore(Path(settings.data_dir) / STORE_FILE), settings.symbols)
@@ -257,8 +267,9 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
         market=market,
         hub=Hub(strict=settings.strict),
         ui_hub=ui_hub,
-        dashboard=Dashboard(market, Renderer(env, chart_points=settings.history_points), ui_hub, watchlist=watchlist,
-                            desk=desk),
+        dashboard=Dashboard(
+            market, Renderer(env, chart_points=settings.history_points), ui_hub, watchlist=watchlist, desk=desk
+        ),
         limits=ConnectionLimits(total=settings.max_connections, per_client=settings.max_connections_per_client),
         tokens=tokens,
         trusted_proxies=networks(settings.trusted_proxies),
@@ -266,9 +277,10 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
     )
     announce_access(settings, tokens)
     # handler_args reach every runner's connections, the tests' too
-    app = web.Application(middlewares=[gate.guard(service)],
-                          handler_args={"keepalive_timeout": settings.keepalive_timeout,
-                                        "access_log_class": gate.AccessLog})
+    app = web.Application(
+        middlewares=[gate.guard(service)],
+        handler_args={"keepalive_timeout": settings.keepalive_timeout, "access_log_class": gate.AccessLog},
+    )
     count_connections(app, service)
     app[SERVICE] = service
     if feed is not None:

@@ -134,8 +134,13 @@ class BotSession:
             self.conn.close_soon(CLOSE_POLICY, "too many messages")
             return
         if verdict == "refuse":
-            self._refuse(ProtocolError("rate_limited", f"more than {self.limiter.bucket.rate:g} messages per second "
-                                       "(refused and costly messages count more)"))
+            self._refuse(
+                ProtocolError(
+                    "rate_limited",
+                    f"more than {self.limiter.bucket.rate:g} messages per second "
+                    "(refused and costly messages count more)",
+                )
+            )
             return
         started = time.thread_time()
         failed = True
@@ -156,8 +161,17 @@ class BotSession:
         """Answer a refused message; log the first refusal, then a count at most every few seconds."""
         count = self.limiter.refused(time.monotonic())
         if count is not None:
-            event(log, logging.INFO, "refused_message", kind="bot", session=self.conn.session, peer=self.conn.peer,
-                  code=exc.code, path=exc.path, count=count)
+            event(
+                log,
+                logging.INFO,
+                "refused_message",
+                kind="bot",
+                session=self.conn.session,
+                peer=self.conn.peer,
+                code=exc.code,
+                path=exc.path,
+                count=count,
+            )
         self.send(protocol.error_message(now_ms(), exc))
 
     def handle(self, request: protocol.ClientMessage) -> None:
@@ -207,38 +221,56 @@ class BotSession:
         if desk is None:
             raise ProtocolError("unavailable", "this server keeps no alerts", request_id=request.id)
         if isinstance(desk, Desk):
-            self.send(desk.perform(request.kind, request.fields, owner=self.owner, now_ms=now_ms(),
-                                   request_id=request.id))
+            self.send(
+                desk.perform(request.kind, request.fields, owner=self.owner, now_ms=now_ms(), request_id=request.id)
+            )
             return
         if len(self._pending) >= MAX_PENDING_DESK_REQUESTS:
-            raise ProtocolError("rate_limited", f"at most {MAX_PENDING_DESK_REQUESTS} alert requests at a time; "
-                                "wait for the answers", request_id=request.id)
+            raise ProtocolError(
+                "rate_limited",
+                f"at most {MAX_PENDING_DESK_REQUESTS} alert requests at a time; wait for the answers",
+                request_id=request.id,
+            )
         task = asyncio.create_task(self._forward(desk, request), name=f"desk-{self.conn.session}")
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
     async def _forward(self, desk: DeskView, request: protocol.DeskRequest) -> None:
         try:
-            reply = await desk.perform_async(request.kind, request.fields, owner=self.owner, now_ms=now_ms(),
-                                             request_id=request.id)
+            reply = await desk.perform_async(
+                request.kind, request.fields, owner=self.owner, now_ms=now_ms(), request_id=request.id
+            )
         except ProtocolError as exc:
             self.send(protocol.error_message(now_ms(), exc))
             return
         except Exception:  # a bug must cost one answer, not the connection
             log.exception("internal error session=%s (desk request)", self.conn.session)
-            self.send(protocol.error_message(now_ms(), ProtocolError("internal_error", "the server failed",
-                                                                     request_id=request.id)))
+            self.send(
+                protocol.error_message(
+                    now_ms(), ProtocolError("internal_error", "the server failed", request_id=request.id)
+                )
+            )
             return
         self.send(reply)
 
     def _ack(
-        self, op: str, symbols: list[str], channels: list[str], request_id: str | int | None,
-        *, recovered: bool | None = None,
+        self,
+        op: str,
+        symbols: list[str],
+        channels: list[str],
+        request_id: str | int | None,
+        *,
+        recovered: bool | None = None,
     ) -> None:
         self.send(
             protocol.ack_message(
-                now_ms(), op=op, symbols=symbols, channels=channels, subscriptions=self.streams,
-                request_id=request_id, recovered=recovered,
+                now_ms(),
+                op=op,
+                symbols=symbols,
+                channels=channels,
+                subscriptions=self.streams,
+                request_id=request_id,
+                recovered=recovered,
             )
         )
 
@@ -278,12 +310,15 @@ async def _serve(request: web.Request, service: Service) -> web.StreamResponse:
     )
     if not ws.can_prepare(request).ok:
         return web.json_response(
-            {"code": "upgrade_required", "message": "this is a WebSocket endpoint"}, status=426,
+            {"code": "upgrade_required", "message": "this is a WebSocket endpoint"},
+            status=426,
             headers={"Upgrade": "websocket"},
         )
     await ws.prepare(request)
     conn = Connection(
-        ws, request, kind="bot",
+        ws,
+        request,
+        kind="bot",
         outbox=Outbox(max_messages=settings.outbox_messages, max_bytes=settings.outbox_bytes),
         backlog=Backlog(encode=service.hub.encode),
     )
@@ -302,8 +337,16 @@ async def _serve(request: web.Request, service: Service) -> web.StreamResponse:
         return ws
     conn.start()
     guard_connection(ws, conn)
-    event(log, logging.INFO, "connected", kind="bot", session=conn.session, peer=conn.peer, streams=len(streams),
-          compressed=bool(ws.compress))
+    event(
+        log,
+        logging.INFO,
+        "connected",
+        kind="bot",
+        session=conn.session,
+        peer=conn.peer,
+        streams=len(streams),
+        compressed=bool(ws.compress),
+    )
     try:
         async for msg in ws.messages():
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -313,6 +356,16 @@ async def _serve(request: web.Request, service: Service) -> web.StreamResponse:
         code = conn.close_code or ws.close_code
         service.closed(conn, code)
         await conn.stop()
-        event(log, logging.INFO, "disconnected", kind="bot", session=conn.session, peer=conn.peer, code=code,
-              reason=conn.close_reason or ws.lost_reason, frames=conn.frames_sent, bytes=conn.bytes_sent)
+        event(
+            log,
+            logging.INFO,
+            "disconnected",
+            kind="bot",
+            session=conn.session,
+            peer=conn.peer,
+            code=code,
+            reason=conn.close_reason or ws.lost_reason,
+            frames=conn.frames_sent,
+            bytes=conn.bytes_sent,
+        )
     return ws

@@ -225,9 +225,18 @@ class Connection:
         self._overflow()
 
     def _overflow(self) -> None:
-        event(log, logging.WARNING, "slow_consumer", kind=self.kind, session=self.session, peer=self.peer,
-              queued=len(self.outbox), queued_bytes=self.outbox.size, backlog=len(self.backlog),
-              backlog_bytes=self.backlog.size)
+        event(
+            log,
+            logging.WARNING,
+            "slow_consumer",
+            kind=self.kind,
+            session=self.session,
+            peer=self.peer,
+            queued=len(self.outbox),
+            queued_bytes=self.outbox.size,
+            backlog=len(self.backlog),
+            backlog_bytes=self.backlog.size,
+        )
         self.slow_consumer = True
         self.close_soon(self.overflow_code, "slow consumer")
 

@@ -113,22 +113,48 @@ def host_access(request: web.Request, service: Service, route: str | None) -> we
         return None
     if local_host(request.host, service.settings.allowed_origins):
         return None
-    return refuse(request, service, kind="http", status=403, code="forbidden_host",
-                  message="a local client must ask for this server by address or as localhost")
+    return refuse(
+        request,
+        service,
+        kind="http",
+        status=403,
+        code="forbidden_host",
+        message="a local client must ask for this server by address or as localhost",
+    )
 
 
 def no_room(request: web.Request, service: Service, verdict: str, *, kind: str) -> web.Response:
     """The answer to a request on a connection the limits had no room for."""
     retry = {"Retry-After": str(RETRY_AFTER_S)}
     if verdict == "client":
-        return refuse(request, service, kind=kind, status=429, code="too_many_connections",
-                      message=f"at most {service.limits.per_client} connections per client address", headers=retry)
-    return refuse(request, service, kind=kind, status=503, code="server_full",
-                  message="the server has no room for another connection", headers=retry)
+        return refuse(
+            request,
+            service,
+            kind=kind,
+            status=429,
+            code="too_many_connections",
+            message=f"at most {service.limits.per_client} connections per client address",
+            headers=retry,
+        )
+    return refuse(
+        request,
+        service,
+        kind=kind,
+        status=503,
+        code="server_full",
+        message="the server has no room for another connection",
+        headers=retry,
+    )
 
 
 def refuse(
-    request: web.Request, service: Service, *, kind: str, status: int, code: str, message: str,
+    request: web.Request,
+    service: Service,
+    *,
+    kind: str,
+    status: int,
+    code: str,
+    message: str,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
     service.counters[f"refused:{code}"] += 1
@@ -151,23 +177,47 @@ def bot_access(request: web.Request, service: Service) -> web.Response | None:
     if tokens:
         presented = presented_token(request.headers, request.query)
         if presented is None:
-            return refuse(request, service, kind="bot", status=401, code="unauthorized",
-                          message="this socket needs a token: Authorization: Bearer <token>",
-                          headers={"WWW-Authenticate": 'Bearer realm="bixweb"'})
+            return refuse(
+                request,
+                service,
+                kind="bot",
+                status=401,
+                code="unauthorized",
+                message="this socket needs a token: Authorization: Bearer <token>",
+                headers={"WWW-Authenticate": 'Bearer realm="bixweb"'},
+            )
         if not tokens.accepts(presented):
-            return refuse(request, service, kind="bot", status=401, code="invalid_token",
-                          message="the token is not valid",
-                          headers={"WWW-Authenticate": 'Bearer realm="bixweb", error="invalid_token"'})
+            return refuse(
+                request,
+                service,
+                kind="bot",
+                status=401,
+                code="invalid_token",
+                message="the token is not valid",
+                headers={"WWW-Authenticate": 'Bearer realm="bixweb", error="invalid_token"'},
+            )
         return None
     if service.settings.open_bots:
         return None
     if local_client(request, service):
         if not local_host(request.host, service.settings.allowed_origins):
-            return refuse(request, service, kind="bot", status=403, code="forbidden_host",
-                          message="a local client must ask for this server by address or as localhost")
+            return refuse(
+                request,
+                service,
+                kind="bot",
+                status=403,
+                code="forbidden_host",
+                message="a local client must ask for this server by address or as localhost",
+            )
         return None
-    return refuse(request, service, kind="bot", status=403, code="loopback_only",
-                  message="without configured tokens the bot socket serves loopback clients only")
+    return refuse(
+        request,
+        service,
+        kind="bot",
+        status=403,
+        code="loopback_only",
+        message="without configured tokens the bot socket serves loopback clients only",
+    )
 
 
 def local_client(request: web.Request, service: Service) -> bool:
@@ -190,13 +240,25 @@ def metrics_access(request: web.Request, service: Service) -> web.Response | Non
     if presented is not None:
         if tokens.accepts(presented):
             return None
-        return refuse(request, service, kind="http", status=401, code="invalid_token",
-                      message="the token is not valid",
-                      headers={"WWW-Authenticate": 'Bearer realm="bixweb", error="invalid_token"'})
+        return refuse(
+            request,
+            service,
+            kind="http",
+            status=401,
+            code="invalid_token",
+            message="the token is not valid",
+            headers={"WWW-Authenticate": 'Bearer realm="bixweb", error="invalid_token"'},
+        )
     if local_client(request, service):
         return None
-    return refuse(request, service, kind="http", status=403, code="loopback_only",
-                  message="metrics are served to loopback clients, or with a bearer token")
+    return refuse(
+        request,
+        service,
+        kind="http",
+        status=403,
+        code="loopback_only",
+        message="metrics are served to loopback clients, or with a bearer token",
+    )
 
 
 def proxied_by_stranger(request: web.Request, service: Service) -> bool:
@@ -226,12 +288,23 @@ def origin_access(request: web.Request, service: Service, *, kind: str = "ui") -
     allowed = service.settings.allowed_origins
     origin = request.headers.get("Origin")
     if not origin_allowed(origin, request.host, allowed):
-        return refuse(request, service, kind=kind, status=403, code="forbidden_origin",
-                      message="this origin may not open this socket")
-    if origin is not None and not allowed and is_loopback(request.remote or "") \
-            and not local_host(request.host):
-        return refuse(request, service, kind=kind, status=403, code="forbidden_host",
-                      message="a local browser must ask for this server by address or as localhost")
+        return refuse(
+            request,
+            service,
+            kind=kind,
+            status=403,
+            code="forbidden_origin",
+            message="this origin may not open this socket",
+        )
+    if origin is not None and not allowed and is_loopback(request.remote or "") and not local_host(request.host):
+        return refuse(
+            request,
+            service,
+            kind=kind,
+            status=403,
+            code="forbidden_host",
+            message="a local browser must ask for this server by address or as localhost",
+        )
     return None
 
 
@@ -259,6 +332,14 @@ class AccessLog(AbstractAccessLogger):
             for key, value in request.query.items()
         )
         path = request.path + (f"?{query}" if query else "")
-        event(self.logger, logging.INFO, "request", peer=forwarded(request.remote, request.headers, trusted).client,
-              method=request.method, path=path[:LOGGED_PATH_CHARS], status=response.status,
-              bytes=response.body_length, ms=round(time * 1000, 1))
+        event(
+            self.logger,
+            logging.INFO,
+            "request",
+            peer=forwarded(request.remote, request.headers, trusted).client,
+            method=request.method,
+            path=path[:LOGGED_PATH_CHARS],
+            status=response.status,
+            bytes=response.body_length,
+            ms=round(time * 1000, 1),
+        )

@@ -138,8 +138,15 @@ class AcceptGuard:
 
     def _report(self, count: int) -> None:
         shed, self._shed_since_line = self._shed_since_line, 0
-        event(log, logging.ERROR, "accept_failed", error=self._last_error, count=count, shed=shed,
-              interval_s=ACCEPT_ERROR_LOG_INTERVAL)
+        event(
+            log,
+            logging.ERROR,
+            "accept_failed",
+            error=self._last_error,
+            count=count,
+            shed=shed,
+            interval_s=ACCEPT_ERROR_LOG_INTERVAL,
+        )
 
     @staticmethod
     def _take_spare() -> int:

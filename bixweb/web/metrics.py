@@ -47,16 +47,20 @@ class ServiceCollector(Collector):
             opened.add_metric([kind], counters[f"opened:{kind}"])
         yield opened
 
-        closed = CounterMetricFamily("bixweb_connections_closed", "WebSocket connections ended, by close code",
-                                     labels=["kind", "code"])
+        closed = CounterMetricFamily(
+            "bixweb_connections_closed", "WebSocket connections ended, by close code", labels=["kind", "code"]
+        )
         for key, value in sorted(counters.items()):
             if key.startswith("closed:"):
                 _, kind, code = key.split(":", 2)
                 closed.add_metric([kind, code], value)
         yield closed
 
-        refused = CounterMetricFamily("bixweb_refused", "Requests refused before their handler, and connections "
-                                      "turned away, by reason", labels=["reason"])
+        refused = CounterMetricFamily(
+            "bixweb_refused",
+            "Requests refused before their handler, and connections turned away, by reason",
+            labels=["reason"],
+        )
         for key, value in sorted(counters.items()):
             if key.startswith("refused:"):
                 refused.add_metric([key.split(":", 1)[1]], value)
@@ -73,15 +77,22 @@ class ServiceCollector(Collector):
                 family.add_metric([kind], total)
             yield family
 
-        yield GaugeMetricFamily("bixweb_tcp_connections", "Open TCP connections, plain HTTP and WebSocket, as "
-                                "--max-connections counts them", value=service.limits.open)
+        yield GaugeMetricFamily(
+            "bixweb_tcp_connections",
+            "Open TCP connections, plain HTTP and WebSocket, as --max-connections counts them",
+            value=service.limits.open,
+        )
 
         yield CounterMetricFamily(
-            "bixweb_conflated", "State messages replaced by a newer one before a slow reader got them",
+            "bixweb_conflated",
+            "State messages replaced by a newer one before a slow reader got them",
             value=counters["conflated"] + sum(c.outbox.conflated for c in live),
         )
-        yield CounterMetricFamily("bixweb_slow_consumer_closes", "Connections closed because their outbox overflowed",
-                                  value=counters["slow_consumer_closes"])
+        yield CounterMetricFamily(
+            "bixweb_slow_consumer_closes",
+            "Connections closed because their outbox overflowed",
+            value=counters["slow_consumer_closes"],
+        )
 
         state = service.feed_state(now)
         feed = GaugeMetricFamily("bixweb_feed_state", "1 for the feed's current state", labels=["state"])
@@ -89,12 +100,19 @@ class ServiceCollector(Collector):
             feed.add_metric([name], 1.0 if name == state else 0.0)
         yield feed
         last = service.market.last_event_ms
-        yield GaugeMetricFamily("bixweb_feed_lag_seconds", "Seconds since the feed's last event",
-                                value=(now - last) / 1000 if last is not None else float("nan"))
-        yield GaugeMetricFamily("bixweb_event_loop_lag_seconds", "How late the event loop woke at its last check",
-                                value=service.loop_lag)
-        yield GaugeMetricFamily("bixweb_broker_up", "1 while linked to the broker (always 1 with memory://)",
-                                value=0.0 if service.broker_down else 1.0)
+        yield GaugeMetricFamily(
+            "bixweb_feed_lag_seconds",
+            "Seconds since the feed's last event",
+            value=(now - last) / 1000 if last is not None else float("nan"),
+        )
+        yield GaugeMetricFamily(
+            "bixweb_event_loop_lag_seconds", "How late the event loop woke at its last check", value=service.loop_lag
+        )
+        yield GaugeMetricFamily(
+            "bixweb_broker_up",
+            "1 while linked to the broker (always 1 with memory://)",
+            value=0.0 if service.broker_down else 1.0,
+        )
         yield GaugeMetricFamily("bixweb_uptime_seconds", "Seconds since the service started", value=service.uptime_s)
 
 

@@ -23,10 +23,12 @@ async def schema_file(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     schema = protocol.schemas().files.get(name)
     if schema is None:
-        raise web.HTTPNotFound(text=json.dumps({"code": "not_found", "message": f"no schema {name}"}),
-                               content_type="application/json")
+        raise web.HTTPNotFound(
+            text=json.dumps({"code": "not_found", "message": f"no schema {name}"}), content_type="application/json"
+        )
     return web.Response(
-        text=json.dumps(schema, indent=2), content_type="application/schema+json",
+        text=json.dumps(schema, indent=2),
+        content_type="application/schema+json",
         headers={"Cache-Control": "public, max-age=300"},
     )
 

@@ -90,8 +90,16 @@ class Door:
             self._report(count, code, peer)
 
     def _report(self, count: int, code: str, peer: str) -> None:
-        event(log, logging.WARNING, "turned_away", count=count, code=code, last_peer=peer,
-              waiting=len(self.waiting), open=self.service.limits.open)
+        event(
+            log,
+            logging.WARNING,
+            "turned_away",
+            count=count,
+            code=code,
+            last_peer=peer,
+            waiting=len(self.waiting),
+            open=self.service.limits.open,
+        )
 
 
 class CountedHandler(RequestHandler):
@@ -141,7 +149,11 @@ class CountedHandler(RequestHandler):
             self._keepalive_handle = None
 
     def handle_error(
-        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None,
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
     ) -> web.StreamResponse:
         """A request aiohttp could not parse (a 4xx before routing): a JSON answer naming the kind
         of fault, without echoing what the client sent, and no traceback: the access line is its one
@@ -151,8 +163,9 @@ class CountedHandler(RequestHandler):
         if request.writer.output_size > 0:  # as aiohttp: a response has begun, the connection is broken
             raise ConnectionError("a response was sent already; cannot answer the bad request")
         reason = type(exc).__name__ if exc is not None else "BadRequest"
-        response = web.json_response({"code": "bad_request", "message": f"the request could not be read ({reason})"},
-                                     status=status)
+        response = web.json_response(
+            {"code": "bad_request", "message": f"the request could not be read ({reason})"}, status=status
+        )
         response.force_close()
         return response
 
@@ -201,8 +214,13 @@ def count_connections(app: web.Application, service: Service) -> None:
 
     def make_handler(**kwargs: Any) -> web.Server:
         base = plain(**kwargs)  # aiohttp's own checks, freezing and handler_args
-        return CountedServer(base.request_handler, request_factory=base.request_factory,
-                             handler_cancellation=base.handler_cancellation, loop=base._loop,
-                             door=Door(service), **base._kwargs)
+        return CountedServer(
+            base.request_handler,
+            request_factory=base.request_factory,
+            handler_cancellation=base.handler_cancellation,
+            loop=base._loop,
+            door=Door(service),
+            **base._kwargs,
+        )
 
     app.__dict__["_make_handler"] = make_handler

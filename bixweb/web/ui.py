@@ -92,7 +92,10 @@ async def _serve(request: web.Request, service: Service, page: str) -> web.Strea
     dashboard = service.dashboard
     view = dashboard.pages.get(page) or dashboard.default_view()
     conn = Connection(
-        ws, request, kind="ui", overflow_code=CLOSE_TRY_AGAIN,
+        ws,
+        request,
+        kind="ui",
+        overflow_code=CLOSE_TRY_AGAIN,
         outbox=Outbox(max_messages=settings.outbox_messages, max_bytes=settings.outbox_bytes, join=join_fragments),
     )
     service.opened(conn)
@@ -101,8 +104,7 @@ async def _serve(request: web.Request, service: Service, page: str) -> web.Strea
     service.ui_hub.add(conn, view.fragments())
     conn.send(dashboard.page_frame(view, current_status(service)))
     limiter = InboundLimiter(settings.max_messages_per_s, time.monotonic())
-    event(log, logging.INFO, "connected", kind="ui", session=conn.session, peer=conn.peer,
-          compressed=bool(ws.compress))
+    event(log, logging.INFO, "connected", kind="ui", session=conn.session, peer=conn.peer, compressed=bool(ws.compress))
     try:
         async for msg in ws.messages():
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY) or conn.closing:
@@ -120,8 +122,18 @@ async def _serve(request: web.Request, service: Service, page: str) -> web.Strea
         code = conn.close_code or ws.close_code
         service.closed(conn, code)
         await conn.stop()
-        event(log, logging.INFO, "disconnected", kind="ui", session=conn.session, peer=conn.peer, code=code,
-              reason=conn.close_reason or ws.lost_reason, frames=conn.frames_sent, bytes=conn.bytes_sent)
+        event(
+            log,
+            logging.INFO,
+            "disconnected",
+            kind="ui",
+            session=conn.session,
+            peer=conn.peer,
+            code=code,
+            reason=conn.close_reason or ws.lost_reason,
+            frames=conn.frames_sent,
+            bytes=conn.bytes_sent,
+        )
     return ws
 
 
@@ -153,8 +165,17 @@ async def _act(
     except ProtocolError as exc:
         count = limiter.refused(time.monotonic())
         if count is not None:  # the first refusal, then a count at most every few seconds
-            event(log, logging.INFO, "refused_message", kind="ui", session=conn.session, peer=conn.peer,
-                  code=exc.code, path=exc.path, count=count)
+            event(
+                log,
+                logging.INFO,
+                "refused_message",
+                kind="ui",
+                session=conn.session,
+                peer=conn.peer,
+                code=exc.code,
+                path=exc.path,
+                count=count,
+            )
         conn.send(dashboard.renderer.notice(exc.message).encode())
     finally:
         limiter.charge(time.monotonic(), time.thread_time() - started, failed=failed)

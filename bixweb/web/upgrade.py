@@ -56,9 +56,15 @@ def version_refusal(request: web.Request, service: Service, kind: str) -> web.Re
         return None
     if request.headers.get("Sec-WebSocket-Version", "").strip() == WEBSOCKET_VERSION:
         return None
-    return gate.refuse(request, service, kind=kind, status=426, code="unsupported_version",
-                       message="this server speaks WebSocket version 13 (RFC 6455)",
-                       headers={"Sec-WebSocket-Version": WEBSOCKET_VERSION, "Upgrade": "websocket"})
+    return gate.refuse(
+        request,
+        service,
+        kind=kind,
+        status=426,
+        code="unsupported_version",
+        message="this server speaks WebSocket version 13 (RFC 6455)",
+        headers={"Sec-WebSocket-Version": WEBSOCKET_VERSION, "Upgrade": "websocket"},
+    )
 
 
 class FrameGuard:
@@ -143,8 +149,10 @@ class GuardedWebSocket(web.WebSocketResponse):
         super()._post_start(request, protocol, writer)
         reader = handler._payload_parser
         if reader is None or reader is not getattr(self, "_parser", None):
-            raise RuntimeError("aiohttp did not install its WebSocket reader where bixweb expects it; "
-                               "the frame guard cannot be installed (see bixweb/web/upgrade.py)")
+            raise RuntimeError(
+                "aiohttp did not install its WebSocket reader where bixweb expects it; "
+                "the frame guard cannot be installed (see bixweb/web/upgrade.py)"
+            )
         self.guard = FrameGuard(reader, self._reader, handler)
         handler._payload_parser = self.guard
         if early:
@@ -225,9 +233,18 @@ class GuardedWebSocket(web.WebSocketResponse):
 def guard_connection(ws: GuardedWebSocket, conn: Connection) -> None:
     """Close ``conn`` with 1002 when its peer sends a frame that breaks RFC 6455, and let every
     close the server starts send what ``conn`` owes first."""
+
     def close(violation: Violation) -> None:
-        event(log, logging.WARNING, "protocol_violation", kind=conn.kind, session=conn.session, peer=conn.peer,
-              code=violation.code, reason=violation.reason)
+        event(
+            log,
+            logging.WARNING,
+            "protocol_violation",
+            kind=conn.kind,
+            session=conn.session,
+            peer=conn.peer,
+            code=violation.code,
+            reason=violation.reason,
+        )
         conn.close_soon(violation.code, violation.reason)
 
     if ws.guard is None:
