@@ -13,7 +13,7 @@ APT_PACKAGES := chromium fonts-dejavu-core nginx redis-server gettext-base
 .PHONY: run test lint typecheck pytest install install-test system-packages clean
 
 run: install                 ## create the venv, install bixweb and htmx, start the server (ARGS="--port 9000 ...")
-	$(BIN)/python -m bixweb $(ARGS)
+	BIXWEB_DATA_DIR="$${BIXWEB_DATA_DIR:-$(CURDIR)/data}" $(BIN)/bixweb $(ARGS)
 
 test: install-test lint typecheck pytest   ## install what the tests need and run them all
 
@@ -24,12 +24,13 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install --quiet -e .
+# exact versions from constraints.txt; pyproject.toml keeps the ranges a package needs
+$(VENV)/.installed: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[redis]'
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install --quiet -e '.[test]'
+$(VENV)/.installed-test: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@ $(VENV)/.installed
 
 node_modules/.installed: package.json package-lock.json
