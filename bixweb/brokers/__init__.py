@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from bixweb.errors import BrokerError, ConfigError
+from bixweb.errors import BrokerError, ConfigError, InstallError
 from bixweb.market import Message, Outgoing
 from bixweb.mirror import Part, Seed
 
@@ -120,7 +120,13 @@ def open_broker(url: str, **options: object) -> Broker:
 
         return MemoryBroker(url)
     if scheme in ("redis", "rediss", "unix"):
-        from bixweb.brokers.redis import RedisBroker
-
+        try:  # redis is an extra: only a deployment that scales out installs it
+            from bixweb.brokers.redis import RedisBroker
+        except ModuleNotFoundError as exc:
+            if exc.name != "redis" and not (exc.name or "").startswith("redis."):
+                raise
+            raise InstallError(
+                f"--broker {url}: the Redis broker needs the redis package: pip install 'bixweb[redis]'"
+            ) from None
         return RedisBroker(url, **options)  # type: ignore[arg-type]
     raise ConfigError(f"unknown broker {url!r}: use memory:// or redis://host:port/db")
