@@ -50,7 +50,7 @@ dist: install                ## build dist/bixweb-*.tar.gz and dist/bixweb-*.whl
 	$(BIN)/pip install --quiet -c constraints.txt build
 	rm -rf dist
 	$(BIN)/python -m build --outdir dist .
-	$(BIN)/python -m bixweb.assets dist/*.whl
+	$(BIN)/python -m bixweb.assets dist/*.whl || { rm -rf dist; exit 1; }
 
 lint:                        ## ruff's lint rules and its formatting (`ruff format bixweb tests` applies it)
 	$(BIN)/ruff check bixweb tests
