@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 APT_PACKAGES := chromium fonts-dejavu-core nginx redis-server gettext-base
 
-.PHONY: run test lint typecheck pytest install install-test system-packages clean
+.PHONY: run test lint typecheck pytest install install-test system-packages dist clean
 
 run: install                 ## create the venv, install bixweb and htmx, start the server (ARGS="--port 9000 ...")
 	BIXWEB_DATA_DIR="$${BIXWEB_DATA_DIR:-$(CURDIR)/data}" $(BIN)/bixweb $(ARGS)
@@ -44,6 +44,14 @@ system-packages:             ## Debian packages the tests drive: chromium, nginx
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
+# the sdist, then the wheel built from it (so the sdist provably carries everything), refused if the
+# wheel lacks a template, a static file, a schema or htmx (python -m bixweb.assets says which)
+dist: install                ## build dist/bixweb-*.tar.gz and dist/bixweb-*.whl (pip install dist/bixweb-*.whl)
+	$(BIN)/pip install --quiet -c constraints.txt build
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/python -m bixweb.assets dist/*.whl || { rm -rf dist; exit 1; }
+
 lint:                        ## ruff's lint rules and its formatting (`ruff format bixweb tests` applies it)
 	$(BIN)/ruff check bixweb tests
 	$(BIN)/ruff format --check bixweb tests
@@ -55,4 +63,4 @@ pytest:
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) node_modules *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts
+	rm -rf $(VENV) node_modules *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts build dist

@@ -4,6 +4,7 @@
 
     BixwebError
     ├── ConfigError          bad option or environment variable; raised at start-up
+    ├── InstallError         the install lacks files or an extra it needs; raised at start-up
     ├── FeedError            a market-data feed cannot be opened or has failed
     ├── BrokerError          the broker (Redis) failed or carried something unreadable
     ├── StoreError           alert rules, history or annotations could not be written
@@ -43,6 +44,11 @@ class BixwebError(Exception):
 
 class ConfigError(BixwebError):
     """An option or ``BIXWEB_*`` variable has a value bixweb cannot use."""
+
+
+class InstallError(BixwebError):
+    """The installed bixweb lacks files it serves (templates, static files, schemas, htmx) or the
+    extra a chosen option needs (``bixweb[redis]``); the message says which and how to mend it."""
 
 
 class FeedError(BixwebError):

@@ -3,7 +3,7 @@
 No asyncio here: builders take values and return ``dict`` messages, the
 encoder returns bytes, the decoder turns a client frame into a
 :data:`ClientMessage` or raises :class:`~bixweb.errors.ProtocolError`.
-The JSON Schemas under ``schemas/`` are the contract; validators are built
+The JSON Schemas (``bixweb/schemas``) are the contract; validators are built
 once per process (:func:`schemas`).
 """
 
@@ -23,8 +23,6 @@ from bixweb.model import Book, Candle, Interval, Ticker, Trade
 from bixweb.validation import (
     MAX_NESTING,
     MAX_VALUES,
-    ROOT,
-    SCHEMA_DIR,
     Direction,
     SchemaSet,
     count_values,
@@ -32,7 +30,7 @@ from bixweb.validation import (
     schemas,
 )
 
-__all__ = ["ROOT", "SCHEMA_DIR", "Direction", "SchemaSet", "schemas"]
+__all__ = ["Direction", "SchemaSet", "schemas"]
 
 Message = dict[str, Any]
 

@@ -1,4 +1,4 @@
-"""Messages against the JSON Schemas under ``schemas/``, at a cost bounded by the frame's size.
+"""Messages against the JSON Schemas (``bixweb/schemas``), at a cost bounded by the frame's size.
 
 An inbound frame is checked in steps that each stop early: its count of
 values is read off the text at C speed before anything is built from it
@@ -24,8 +24,8 @@ import jsonschema_rs
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-ROOT: Final = Path(__file__).resolve().parent.parent
-SCHEMA_DIR: Final = ROOT / "schemas"
+from bixweb import assets
+from bixweb.errors import InstallError
 
 Direction = Literal["server", "client", "ui"]
 
@@ -109,7 +109,7 @@ class SchemaSet:
     """Every schema file, with validators per message type and direction."""
 
     files: Mapping[str, dict[str, Any]]
-    """Path under ``schemas/`` (``"server/trade.json"``) to the parsed schema."""
+    """Path under ``bixweb/schemas`` (``"server/trade.json"``) to the parsed schema."""
     validators: Mapping[Direction, Mapping[str, Draft202012Validator]]
     """``jsonschema`` validators: every error, each with its context (slow)."""
     fast: Mapping[Direction, Mapping[str, jsonschema_rs.Validator]]
@@ -137,13 +137,29 @@ class SchemaSet:
         return [f"{e.json_path}: {e.message}" for e in validator.iter_errors(message)]
 
 
+def _load(directory: Path) -> dict[str, dict[str, Any]]:
+    """Every schema file under ``directory``; :class:`InstallError` unless all of :data:`assets.SCHEMAS` are there."""
+    absent = assets.missing("JSON Schemas", directory, assets.SCHEMAS)
+    if absent is not None:  # never a server that validates nothing: a missing schema would pass every message
+        raise InstallError(f"broken install: {absent}")
+    files: dict[str, dict[str, Any]] = {}
+    for path in sorted(directory.rglob("*.json")):
+        try:
+            files[path.relative_to(directory).as_posix()] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise InstallError(
+                f"broken install: the JSON Schema {path} is unreadable ({exc}): reinstall bixweb"
+            ) from None
+    return files
+
+
 @functools.cache
-def schemas(directory: Path = SCHEMA_DIR) -> SchemaSet:
-    """Load ``schemas/`` once; each validator is built here and reused."""
-    files = {
-        path.relative_to(directory).as_posix(): json.loads(path.read_text(encoding="utf-8"))
-        for path in sorted(directory.rglob("*.json"))
-    }
+def schemas(directory: Path | None = None) -> SchemaSet:
+    """Load the schemas (``bixweb/schemas`` unless told) once; each validator is built here and reused.
+
+    Raises :class:`InstallError` if any schema the protocol names is missing.
+    """
+    files = _load(directory or assets.schema_dir())
     registry: Registry[Any] = Registry().with_resources(
         (schema["$id"], Resource.from_contents(schema)) for schema in files.values()
     )

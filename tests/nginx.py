@@ -23,13 +23,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bixweb import assets
 from tests.browser import require
 from tests.support import ROOT, free_port
 
 TEMPLATE = ROOT / "deploy" / "nginx" / "bixweb.conf.template"
 ENVSUBST_VARIABLES = (
     "${BIXWEB_UPSTREAM} ${BIXWEB_SERVER_NAME} ${BIXWEB_LISTEN} ${BIXWEB_TLS_CERTIFICATE} "
-    "${BIXWEB_TLS_CERTIFICATE_KEY} ${BIXWEB_ROOT} ${BIXWEB_PROXY_READ_TIMEOUT}"
+    "${BIXWEB_TLS_CERTIFICATE_KEY} ${BIXWEB_PACKAGE} ${BIXWEB_PROXY_READ_TIMEOUT}"
 )
 """Only these are substituted; nginx's own ``$variables`` in the template stay as they are."""
 RENDER_COMMAND = f"envsubst '{ENVSUBST_VARIABLES}' < deploy/nginx/bixweb.conf.template > /etc/nginx/conf.d/bixweb.conf"
@@ -171,7 +172,7 @@ class NginxProxy:
                 "BIXWEB_LISTEN": f"127.0.0.1:{self.port}",
                 "BIXWEB_TLS_CERTIFICATE": str(self.certificates.chain),
                 "BIXWEB_TLS_CERTIFICATE_KEY": str(self.certificates.key),
-                "BIXWEB_ROOT": str(ROOT),
+                "BIXWEB_PACKAGE": str(assets.package_dir()),
                 "BIXWEB_PROXY_READ_TIMEOUT": self.proxy_read_timeout,
             }
         )

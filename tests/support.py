@@ -13,7 +13,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +60,18 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m bixweb`` in a child process, on a port it reports."""
+    """``python -m bixweb`` (or ``command``, from ``cwd``) in a child process, on a port it reports."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, open_files: int | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        open_files: int | None = None,
+        command: Sequence[str] = (sys.executable, "-m", "bixweb"),
+        cwd: Path = ROOT,
+    ) -> None:
+        self.command = list(command)
+        self.cwd = cwd
         self.open_files = open_files
         """A lower RLIMIT_NOFILE for the child, soft and hard alike (so bixweb cannot raise it)."""
         self.args = ["--port", "0", *args] if "--port" not in args else list(args)
@@ -76,8 +85,8 @@ class ServerProcess:
 
     def start(self, timeout: float = 15.0) -> ServerProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bixweb", *self.args],
-            cwd=ROOT,
+            [*self.command, *self.args],
+            cwd=self.cwd,
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
+from bixweb import assets
 from bixweb.web.app import create_app
 from bixweb.web.service import SERVICE
 from tests.support import PausingFeed, assert_valid, fast_settings, unwrap
@@ -344,17 +345,7 @@ async def test_schemas_are_served_read_only_with_an_index(aiohttp_client: Factor
     client = await make_client(aiohttp_client)
     index = await (await client.get("/schemas/")).json()
     assert set(index["server"]) >= {"welcome", "trade", "batch"}
-    assert set(index["client"]) == {
-        "subscribe",
-        "unsubscribe",
-        "ping",
-        "alert_create",
-        "alert_delete",
-        "alert_list",
-        "annotation_add",
-        "annotation_remove",
-        "annotation_list",
-    }
+    assert set(index["client"]) == set(assets.CLIENT_MESSAGES)
     response = await client.get(index["server"]["trade"])
     assert response.status == 200 and response.content_type == "application/schema+json"
     assert (await response.json())["$id"].endswith("/schemas/server/trade.json")

@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bixweb import protocol
+from bixweb import assets
 from bixweb.dashboard import Dashboard, PageStore, apply_action, join_fragments, parse_action
 from bixweb.desk import Desk
 from bixweb.errors import ProtocolError
@@ -95,7 +95,7 @@ def dashboard() -> Dashboard:
     sim = SimulatedMarket(SYMBOLS, seed=3)
     market.apply(sim.history(T0), T0)
     market.apply(sim.tick(T0 + 100), T0 + 100)
-    renderer = Renderer(environment(protocol.ROOT / "templates"), chart_points=30)
+    renderer = Renderer(environment(assets.templates_dir()), chart_points=30)
     return Dashboard(market, renderer, Hub(join=join_fragments), watchlist=SYMBOLS[:2])
 
 

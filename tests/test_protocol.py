@@ -9,38 +9,13 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from bixweb import protocol
+from bixweb import assets, protocol
 from bixweb.errors import ProtocolError
 from bixweb.model import CHANNELS
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER_TYPES = {
-    "welcome",
-    "initial_data",
-    "market_update",
-    "trade",
-    "book",
-    "candle",
-    "status",
-    "pong",
-    "ack",
-    "error",
-    "batch",
-    "alert",
-    "alert_rules",
-    "annotations",
-}
-CLIENT_TYPES = {
-    "subscribe",
-    "unsubscribe",
-    "ping",
-    "alert_create",
-    "alert_delete",
-    "alert_list",
-    "annotation_add",
-    "annotation_remove",
-    "annotation_list",
-}
+SERVER_TYPES = set(assets.SERVER_MESSAGES)  # the lists the start-up check requires a schema for
+CLIENT_TYPES = set(assets.CLIENT_MESSAGES)
 
 
 def test_every_schema_file_is_a_valid_draft_2020_12_schema(schemas: protocol.SchemaSet) -> None:

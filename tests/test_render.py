@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from bixweb import protocol
+from bixweb import assets
 from bixweb.alerts import Alert, Rule
 from bixweb.annotations import Annotation
 from bixweb.charts import build_chart
@@ -78,7 +78,7 @@ def market() -> Market:
 
 @pytest.fixture
 def renderer() -> Renderer:
-    return Renderer(environment(protocol.ROOT / "templates"), chart_points=50)
+    return Renderer(environment(assets.templates_dir()), chart_points=50)
 
 
 def test_each_fragment_alone_is_one_oob_element_with_its_id(market: Market, renderer: Renderer) -> None:

@@ -23,12 +23,15 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
-from bixweb.errors import BrokerError, ConfigError
+from bixweb.errors import BrokerError, ConfigError, InstallError
 from bixweb.market import Message, Outgoing
 from bixweb.mirror import Part, Seed
+
+if TYPE_CHECKING:
+    from bixweb.brokers.redis import RedisBroker
 
 MAGIC = b"BXP1"
 _HEADER = struct.Struct(">4sQQI")
@@ -112,6 +115,20 @@ class Broker(Protocol):
         """The broker's own work (links, queues) until cancelled."""
 
 
+def redis_broker_type(url: str) -> type[RedisBroker]:
+    """:class:`~bixweb.brokers.redis.RedisBroker`, imported now: redis is an extra, which only a
+    deployment that scales out installs. :class:`InstallError` naming it if it is missing."""
+    try:
+        from bixweb.brokers.redis import RedisBroker
+    except ModuleNotFoundError as exc:
+        if exc.name != "redis" and not (exc.name or "").startswith("redis."):
+            raise
+        raise InstallError(
+            f"--broker {url}: the Redis broker needs the redis package: pip install 'bixweb[redis]'"
+        ) from None
+    return RedisBroker
+
+
 def open_broker(url: str, **options: object) -> Broker:
     """The broker for ``url``: ``memory://`` or ``redis://host:port/db``."""
     scheme = urlsplit(url).scheme
@@ -120,7 +137,5 @@ def open_broker(url: str, **options: object) -> Broker:
 
         return MemoryBroker(url)
     if scheme in ("redis", "rediss", "unix"):
-        from bixweb.brokers.redis import RedisBroker
-
-        return RedisBroker(url, **options)  # type: ignore[arg-type]
+        return redis_broker_type(url)(url, **options)  # type: ignore[arg-type]
     raise ConfigError(f"unknown broker {url!r}: use memory:// or redis://host:port/db")

@@ -17,10 +17,9 @@ from urllib.parse import urlsplit
 import aiohttp_jinja2
 from aiohttp import web
 
-from bixweb import protocol
+from bixweb import assets, protocol
 from bixweb.access import Tokens, networks
 from bixweb.brokers import Broker, open_broker
-from bixweb.brokers.redis import RedisBroker
 from bixweb.config import Settings
 from bixweb.dashboard import Dashboard, join_fragments
 from bixweb.desk import Desk, DeskReplica
@@ -222,8 +221,19 @@ def announce_access(settings: Settings, tokens: Tokens) -> None:
         log.info("trusting X-Forwarded-For/-Proto from %s", ", ".join(settings.trusted_proxies))
 
 
+def replica_desk(broker: Broker) -> DeskReplica | None:
+    """A follower's desk: the feed process keeps the rules, requests go to it over Redis."""
+    from bixweb.brokers.redis import RedisBroker  # only here: redis is an extra, and open_broker imported it
+
+    return DeskReplica(broker.forward) if isinstance(broker, RedisBroker) else None
+
+
 def create_app(settings: Settings | None = None, *, feed: Feed | None = None) -> web.Application:
-    """The bixweb application; ``feed`` overrides the one ``settings.feed`` names."""
+    """The bixweb application; ``feed`` overrides the one ``settings.feed`` names.
+
+    Raises :class:`~bixweb.errors.InstallError` first if the install lacks a file it serves.
+    """
+    assets.check()  # before anything starts or logs: a broken install gets one line, not a frozen page
     settings = settings or Settings()
     follower = urlsplit(settings.broker).scheme != "memory"
     if feed is None and not follower:
@@ -238,7 +248,7 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
     if unknown:
         raise ConfigError(f"--watchlist: {', '.join(unknown)} not among --symbols")
     protocol.schemas()  # load and check them now, not on the first message
-    env = environment(protocol.ROOT / "templates")
+    env = environment(assets.templates_dir())
     market = (Mirror if follower else Market)(
         settings.symbols,
         history_points=settings.history_points,
@@ -256,10 +266,8 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
     desk: Desk | DeskReplica | None
     if not follower:
         desk = Desk(SQLiteStore(Path(settings.data_dir) / STORE_FILE), settings.symbols)
-    elif isinstance(broker, RedisBroker):
-        desk = DeskReplica(broker.forward)  # the feed process keeps the rules; requests go to it
     else:
-        desk = None
+        desk = replica_desk(broker)
     ui_hub = Hub(join=join_fragments)
     watchlist = settings.watchlist or settings.symbols[:6]
     service = Service(
@@ -301,7 +309,7 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
     app.router.add_get("/metrics", metrics.metrics, name="metrics")
     app.router.add_get("/schemas/", pages.schema_index, name="schemas")
     app.router.add_get("/schemas/{name:.+\\.json}", pages.schema_file, name="schema")
-    app.router.add_static("/static/", protocol.ROOT / "static", name="static")
+    app.router.add_static("/static/", assets.static_dir(), name="static")
     app.cleanup_ctx.append(background)
     app.on_shutdown.append(close_sockets)
     if isinstance(desk, Desk):

@@ -6,7 +6,7 @@ import json
 
 from aiohttp import web
 
-from bixweb import protocol
+from bixweb import assets, protocol
 
 
 async def schema_index(request: web.Request) -> web.Response:
@@ -33,17 +33,9 @@ async def schema_file(request: web.Request) -> web.Response:
     )
 
 
-VENDOR_FILES = {
-    "htmx.min.js": "htmx.org/dist/htmx.min.js",
-    "ext/hx-ws.min.js": "htmx.org/dist/ext/hx-ws.min.js",
-}
-"""The only scripts the dashboard loads: htmx and its WebSocket extension, from npm (``package.json``)."""
-NODE_MODULES = protocol.ROOT / "node_modules"
-
-
 async def vendor_file(request: web.Request) -> web.FileResponse:
-    relative = VENDOR_FILES.get(request.match_info["name"])
-    path = NODE_MODULES / relative if relative else None
+    """htmx and its WebSocket extension (:data:`bixweb.assets.VENDOR_FILES`); the start-up check saw them."""
+    path = assets.vendor_file(request.match_info["name"])
     if path is None or not path.is_file():
-        raise web.HTTPNotFound(text="not installed: run `npm ci` (make run does)" if relative else "not found")
+        raise web.HTTPNotFound(text="not found")
     return web.FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
