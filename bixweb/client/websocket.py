@@ -101,7 +101,7 @@ from bixweb.client.streams import (
 )
 from bixweb.client.view import MarketView, Resync
 from bixweb.errors import ProtocolError
-from bixweb.model import stream_key
+from bixweb.model import canonical_symbol, stream_key
 from bixweb.protocol import Since
 
 log = logging.getLogger("bixweb.client")
@@ -110,6 +110,10 @@ log = logging.getLogger("bixweb.client")
 def _names(value: str | Iterable[str]) -> list[str]:
     items = value.split(",") if isinstance(value, str) else value
     return [item.strip() for item in items if item.strip()]
+
+
+def _symbols(value: str | Iterable[str]) -> list[str]:
+    return [canonical_symbol(name) for name in _names(value)]
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -133,7 +137,9 @@ class WebSocketClient:
     client uses ``host`` and ``port``. ``symbols`` and ``channels`` (lists or
     comma-separated strings) become the ``?symbols=&channels=`` query that
     chooses the initial subscription; the server's default is the ticker of
-    every symbol.
+    every symbol. Symbols may be given in any case, here and in every method
+    (``"btcusdt"``); the client sends and keys them in upper case, as the
+    server names them.
 
     Every message (``batch`` frames unwrapped; duplicates and books that fail
     their checksum left out; trades in ``seq`` order; including the acks of
@@ -185,7 +191,7 @@ class WebSocketClient:
         backoff_delays(reconnect_initial, reconnect_max)  # check the values now
         address = URL(url) if url is not None else URL.build(scheme="ws", host=host, port=port, path="/ws")
         if symbols is not None:
-            address = address.update_query(symbols=",".join(_names(symbols)))
+            address = address.update_query(symbols=",".join(_symbols(symbols)))
         if channels is not None:
             address = address.update_query(channels=",".join(_names(channels)))
         self.url = str(address)
@@ -379,11 +385,11 @@ class WebSocketClient:
         :class:`ConnectionError` if the client is not connected or the
         connection drops first.
         """
-        return await self._request("subscribe", _names(symbols), _names(channels))
+        return await self._request("subscribe", _symbols(symbols), _names(channels))
 
     async def unsubscribe(self, symbols: str | Iterable[str], channels: str | Iterable[str]) -> Message:
         """Remove ``symbols`` x ``channels``; returns the ``ack``. Raises as :meth:`subscribe`."""
-        return await self._request("unsubscribe", _names(symbols), _names(channels))
+        return await self._request("unsubscribe", _symbols(symbols), _names(channels))
 
     async def _request(
         self,
