@@ -27,7 +27,7 @@ from bixweb.desk import Change, DeskView
 from bixweb.errors import ProtocolError
 from bixweb.hub import Hub
 from bixweb.market import Market, Outgoing
-from bixweb.model import BOOK, TICKER, TRADES, Interval
+from bixweb.model import BOOK, TICKER, TRADES, Interval, canonical_symbol
 from bixweb.render import DESK_FRAGMENTS, PERIODS, PageView, Renderer, Status, parse_chart_key
 
 MAX_WATCHLIST = 24
@@ -42,11 +42,13 @@ def join_fragments(parts: Sequence[bytes]) -> bytes:
 
 
 def parse_action(frame: str | bytes) -> dict[str, Any]:
-    """Decode and validate one dashboard form message."""
+    """Decode and validate one dashboard form message; its ``symbol`` in upper case."""
     values = protocol.parse_json_object(frame)
     error = protocol.schemas().first_error("ui", "action", values)
     if error is not None:
         raise ProtocolError("invalid_message", error[1], path=error[0])
+    if "symbol" in values:
+        values["symbol"] = canonical_symbol(values["symbol"])
     return values
 
 

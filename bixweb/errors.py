@@ -8,9 +8,12 @@
     ├── FeedError            a market-data feed cannot be opened or has failed
     ├── BrokerError          the broker (Redis) failed or carried something unreadable
     ├── StoreError           alert rules, history or annotations could not be written
-    └── ProtocolError        a client message is refused; carries an error ``code``
-                             (one of ``ERROR_CODES``), the request ``id`` and the
-                             JSON ``path`` that failed, and becomes an ``error`` message
+    ├── ProtocolError        a client message is refused; carries an error ``code``
+    │                        (one of ``ERROR_CODES``), the request ``id`` and the
+    │                        JSON ``path`` that failed, and becomes an ``error`` message
+    └── HandshakeRefused     (client side) the server answered a WebSocket handshake with an
+                             HTTP error: its ``status``, the ``code`` and ``message`` of its
+                             JSON body, ``retry_after``; ``transient`` says if a retry can help
 """
 
 from __future__ import annotations
@@ -81,3 +84,31 @@ class ProtocolError(BixwebError):
         self.message = message
         self.request_id = request_id
         self.path = path
+
+
+TRANSIENT_STATUSES: Final = frozenset({408, 429})
+"""4xx answers to a handshake that may change by themselves; every 5xx may too."""
+
+
+class HandshakeRefused(BixwebError):
+    """The server answered a WebSocket handshake with an HTTP error instead of ``101``.
+
+    ``status`` is the HTTP status; ``code`` and ``message`` come from the
+    server's JSON body (``{"code": "unknown_symbol", "message": …}``); ``code``
+    is ``None`` when the body is not such JSON (a proxy's error page), and
+    ``message`` is then the status's reason phrase. ``retry_after`` is the
+    answer's ``Retry-After`` in seconds, if it had one.
+    """
+
+    def __init__(self, status: int, code: str | None, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(f"{status} {code or '-'}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def transient(self) -> bool:
+        """Whether the same handshake may succeed later (429 ``too_many_connections``, 503
+        ``server_full``, any 5xx): a bad token, an unknown symbol or a forbidden origin will not."""
+        return self.status in TRANSIENT_STATUSES or self.status >= 500

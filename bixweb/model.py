@@ -69,6 +69,16 @@ def stream_key(channel: str, symbol: str) -> str:
     return f"{channel}:{symbol}"
 
 
+def canonical_symbol(name: str) -> str:
+    """A symbol as bixweb names it, in upper case: ``"btcusdt"`` is ``"BTCUSDT"``.
+
+    Clients may name symbols in any case. Only ASCII is folded: a name with
+    other characters stays as it is (and is unknown), so that no letter from
+    elsewhere in Unicode stands in for an ASCII one (``"ı".upper()`` is ``"I"``).
+    """
+    return name.upper() if name.isascii() else name
+
+
 @dataclass(frozen=True, slots=True)
 class Trade:
     """One executed trade, as a feed reports it."""

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
@@ -432,18 +431,6 @@ async def test_callbacks_sync_async_and_failing(
     assert async_seen[0]["type"] == "welcome"
     assert "callback" in caplog.text and "boom" in caplog.text
     assert client.is_connected()
-
-
-@pytest.mark.timeout(20)
-async def test_a_refused_upgrade_is_not_retried(bixweb_server: TestServer, make_client: ClientFactory) -> None:
-    client = make_client(ws_url(bixweb_server), symbols=["FOOUSDT"], reconnect_initial=0.05)
-    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
-        await client.connect()
-    assert refused.value.status == 400
-    async with asyncio.timeout(5):  # the run loop gives up at once instead of retrying a 4xx
-        with pytest.raises(aiohttp.WSServerHandshakeError):
-            await client.receive_messages()
-    assert client.connections == 0 and not client.is_connected()
 
 
 def trade_ids(messages: list[Message], symbol: str) -> list[int]:

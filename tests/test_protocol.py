@@ -11,7 +11,7 @@ from jsonschema import Draft202012Validator
 
 from bixweb import assets, protocol
 from bixweb.errors import ProtocolError
-from bixweb.model import CHANNELS
+from bixweb.model import CHANNELS, canonical_symbol
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER_TYPES = set(assets.SERVER_MESSAGES)  # the lists the start-up check requires a schema for
@@ -78,7 +78,12 @@ def test_batch_frame_wraps_encoded_messages_without_decoding_them() -> None:
         (b"[1, 2]", "invalid_message", "$"),
         (b'{"id": 1}', "invalid_message", "$.type"),
         (b'{"type": "launch", "id": 1}', "unknown_type", "$.type"),
-        (b'{"type": "subscribe", "symbols": ["btc"], "channels": ["ticker"]}', "invalid_message", "$.symbols[0]"),
+        (b'{"type": "subscribe", "symbols": ["btc/usdt"], "channels": ["ticker"]}', "invalid_message", "$.symbols[0]"),
+        (
+            '{"type": "subscribe", "symbols": ["BTCUSDT", "\uff22\uff34\uff23"], "channels": ["ticker"]}'.encode(),
+            "invalid_message",
+            "$.symbols[1]",
+        ),
         (b'{"type": "subscribe", "symbols": [], "channels": ["ticker"]}', "invalid_message", "$.symbols"),
         (b'{"type": "subscribe", "symbols": ["BTCUSDT"]}', "invalid_message", "$"),
         (b'{"type": "ping", "extra": true}', "invalid_message", "$"),
@@ -89,6 +94,39 @@ def test_bad_client_frames_raise_protocol_errors_with_code_and_path(frame: bytes
         protocol.parse_client_message(frame)
     assert caught.value.code == code
     assert caught.value.path == path
+
+
+def test_client_messages_name_symbols_in_any_case_and_are_read_in_upper_case() -> None:
+    subscribe = protocol.parse_client_message(
+        '{"type": "subscribe", "id": 1, "symbols": ["btcusdt", "EthUsdt", "*"], "channels": ["trades"],'
+        ' "since": {"epoch": 3, "seq": {"trades:BTCUSDT": 7}}}'
+    )
+    assert subscribe == protocol.Subscribe(
+        ("BTCUSDT", "ETHUSDT", "*"), ("trades",), 1, protocol.Since(3, {"trades:BTCUSDT": 7})
+    )
+    with pytest.raises(ProtocolError) as refused:  # stream keys are the server's own, as it sent them
+        protocol.parse_client_message(
+            '{"type": "subscribe", "symbols": ["btcusdt"], "channels": ["trades"],'
+            ' "since": {"epoch": 3, "seq": {"trades:btcusdt": 7}}}'
+        )
+    assert refused.value.code == "invalid_message" and refused.value.path is not None
+    assert refused.value.path.startswith("$.since.seq")
+    unsubscribe = protocol.parse_client_message(
+        '{"type": "unsubscribe", "symbols": ["solusdt"], "channels": ["ticker"]}'
+    )
+    assert unsubscribe == protocol.Unsubscribe(("SOLUSDT",), ("ticker",), None)
+    desk = protocol.parse_client_message('{"type": "annotation_add", "symbol": "btcUSDT", "price": 1, "label": "x"}')
+    assert isinstance(desk, protocol.DeskRequest) and desk.fields["symbol"] == "BTCUSDT"
+    every = protocol.parse_client_message('{"type": "annotation_list"}')
+    assert isinstance(every, protocol.DeskRequest) and "symbol" not in every.fields
+
+
+@pytest.mark.parametrize(
+    ("name", "canonical"),
+    [("btcusdt", "BTCUSDT"), ("BtcUsdt", "BTCUSDT"), ("*", "*"), ("\u0131njusdt", "\u0131njusdt")],
+)
+def test_only_ascii_letters_are_folded_to_upper_case(name: str, canonical: str) -> None:
+    assert canonical_symbol(name) == canonical  # a dotless i must not become the I of INJUSDT
 
 
 def test_the_request_id_survives_into_the_error() -> None:

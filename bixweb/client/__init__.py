@@ -15,9 +15,13 @@ from bixweb.client.streams import (
 )
 from bixweb.client.view import MarketView, Received, Resync, book_verified
 from bixweb.client.websocket import WebSocketClient
+from bixweb.errors import BixwebError, HandshakeRefused, ProtocolError
 
 __all__ = [
+    "BixwebError",
+    "HandshakeRefused",
     "MarketView",
+    "ProtocolError",
     "Received",
     "Resync",
     "WebSocketClient",

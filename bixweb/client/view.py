@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from bixweb.client.streams import Message, message_stream
-from bixweb.model import BOOK, REPLAYED, TICKER, stream_key
+from bixweb.model import BOOK, REPLAYED, TICKER, canonical_symbol, stream_key
 from bixweb.protocol import Since, book_checksum
 
 log = logging.getLogger("bixweb.client")
@@ -148,7 +148,7 @@ class MarketView:
 
     def ticker(self, symbol: str) -> Message | None:
         with self._lock:
-            ticker = self._tickers.get(symbol)
+            ticker = self._tickers.get(canonical_symbol(symbol))
             return dict(ticker) if ticker is not None else None
 
     def tickers(self) -> dict[str, Message]:
@@ -158,7 +158,7 @@ class MarketView:
     def book(self, symbol: str) -> Message | None:
         """The latest verified book of ``symbol`` (``bids``, ``asks``, ``time``, ``checksum``)."""
         with self._lock:
-            book = self._books.get(symbol)
+            book = self._books.get(canonical_symbol(symbol))
             if book is None:
                 return None
             return {

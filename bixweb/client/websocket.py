@@ -40,6 +40,18 @@ streams over. :attr:`~WebSocketClient.recovered` says how the last resume
 went. The first connection, and one after :meth:`~WebSocketClient.disconnect`,
 use the ``symbols``/``channels`` query and fresh snapshots instead.
 
+Refusals. A server that refuses the handshake answers with an HTTP error and
+a JSON body; the client raises it as :class:`~bixweb.errors.HandshakeRefused`
+(``status``, ``code``, ``message``, ``retry_after``). A refusal that can pass
+by itself (``transient``: 429 ``too_many_connections``, 503 ``server_full``,
+any 5xx) is retried like a lost connection, waiting at least its
+``Retry-After``; any other (401 ``invalid_token``, 400 ``unknown_symbol``,
+403 ``forbidden_origin``, ...) is never retried: :meth:`~WebSocketClient.connect`
+raises it, and a receive loop that meets it (a reconnect, a background
+client) stops, so :meth:`~WebSocketClient.receive_messages` and
+:meth:`~WebSocketClient.get_message` raise it, :attr:`~WebSocketClient.failure`
+holds it and :meth:`~WebSocketClient.is_connected` stays False.
+
 Dedupe. A data message whose ``seq`` is not above the last one delivered on
 its stream in the same epoch is dropped before the queue and the callbacks,
 and counted in :attr:`~WebSocketClient.duplicates`.
@@ -83,6 +95,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from bixweb.client.refusal import backoff_with_hint, read_refusal
 from bixweb.client.streams import (
     CLOSE_REASONS,
     Callback,
@@ -100,8 +113,8 @@ from bixweb.client.streams import (
     unwrap,
 )
 from bixweb.client.view import MarketView, Resync
-from bixweb.errors import ProtocolError
-from bixweb.model import stream_key
+from bixweb.errors import HandshakeRefused, ProtocolError
+from bixweb.model import canonical_symbol, stream_key
 from bixweb.protocol import Since
 
 log = logging.getLogger("bixweb.client")
@@ -112,15 +125,20 @@ def _names(value: str | Iterable[str]) -> list[str]:
     return [item.strip() for item in items if item.strip()]
 
 
+def _symbols(value: str | Iterable[str]) -> list[str]:
+    return [canonical_symbol(name) for name in _names(value)]
+
+
 def _describe(exc: BaseException | None) -> str:
     return f"{type(exc).__name__}: {exc}" if exc is not None else "-"
 
 
 def _retryable(exc: BaseException) -> bool:
-    """Connection failures worth retrying; a 4xx answer to the upgrade will not change."""
-    if isinstance(exc, aiohttp.WSServerHandshakeError):
-        return not (400 <= exc.status < 500) or exc.status == 429
-    return isinstance(exc, aiohttp.ClientError | OSError | TimeoutError)
+    """Connection failures worth retrying: network errors and transient refusals; a refusal
+    that is not transient (a bad token, an unknown symbol) will not change by itself."""
+    if isinstance(exc, HandshakeRefused):
+        return exc.transient
+    return isinstance(exc, aiohttp.ClientError | OSError | TimeoutError)  # with a 2xx or 3xx answer to the upgrade
 
 
 # -- the client ---------------------------------------------------------------
@@ -133,7 +151,9 @@ class WebSocketClient:
     client uses ``host`` and ``port``. ``symbols`` and ``channels`` (lists or
     comma-separated strings) become the ``?symbols=&channels=`` query that
     chooses the initial subscription; the server's default is the ticker of
-    every symbol.
+    every symbol. Symbols may be given in any case, here and in every method
+    (``"btcusdt"``); the client sends and keys them in upper case, as the
+    server names them.
 
     Every message (``batch`` frames unwrapped; duplicates and books that fail
     their checksum left out; trades in ``seq`` order; including the acks of
@@ -185,7 +205,7 @@ class WebSocketClient:
         backoff_delays(reconnect_initial, reconnect_max)  # check the values now
         address = URL(url) if url is not None else URL.build(scheme="ws", host=host, port=port, path="/ws")
         if symbols is not None:
-            address = address.update_query(symbols=",".join(_names(symbols)))
+            address = address.update_query(symbols=",".join(_symbols(symbols)))
         if channels is not None:
             address = address.update_query(channels=",".join(_names(channels)))
         self.url = str(address)
@@ -241,6 +261,7 @@ class WebSocketClient:
         self._resyncers: set[asyncio.Task[None]] = set()
         self._resume = False  # set by a close nobody asked for: reconnect and resume
         self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
 
     # -- thread-safe readers ---------------------------------------------
 
@@ -280,6 +301,12 @@ class WebSocketClient:
         """Whether a socket is open now."""
         return self._online.is_set()
 
+    @property
+    def failure(self) -> BaseException | None:
+        """What stopped the receive loop, if an error did (a :class:`HandshakeRefused` that is not
+        ``transient``, say); ``None`` while it runs, or if it ended by :meth:`disconnect`."""
+        return self._failure
+
     def get_latest_price(self, symbol: str) -> float | None:
         """The last price of ``symbol`` from its ticker, or ``None`` before the first one."""
         ticker = self.view.ticker(symbol)
@@ -302,18 +329,29 @@ class WebSocketClient:
     async def connect(self) -> None:
         """Open the socket (one attempt; raises on failure) and start the receive loop.
 
-        Raises :class:`aiohttp.ClientError`, :class:`OSError` or
-        :class:`TimeoutError` when the server cannot be reached. When the loop
-        is already running (perhaps between reconnects), wait until it is
-        connected instead.
+        Raises :class:`~bixweb.errors.HandshakeRefused` when the server
+        refuses the handshake (even a ``transient`` refusal: this is one
+        attempt; the receive loop is what retries), :class:`aiohttp.ClientError`,
+        :class:`OSError` or :class:`TimeoutError` when the server cannot be
+        reached. When the loop is already running (perhaps between
+        reconnects), wait until it is connected instead, raising what
+        stops it meanwhile.
         """
         self._bind_loop()
         self._closing = False
-        if self._run_task is not None and not self._run_task.done():
+        task = self._run_task
+        if task is not None and not task.done():
             assert self._connected is not None
-            async with asyncio.timeout(self.connect_timeout):
-                await self._connected.wait()
-            return
+            connected = asyncio.create_task(self._connected.wait())
+            try:
+                async with asyncio.timeout(self.connect_timeout):
+                    await asyncio.wait({connected, task}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                connected.cancel()
+            if connected.done() and not connected.cancelled():
+                return
+            failure = None if task.cancelled() else task.exception()  # the loop ended first
+            raise failure or ConnectionError("the receive loop ended before it connected")
         try:
             await self._open()
         except BaseException:
@@ -379,11 +417,11 @@ class WebSocketClient:
         :class:`ConnectionError` if the client is not connected or the
         connection drops first.
         """
-        return await self._request("subscribe", _names(symbols), _names(channels))
+        return await self._request("subscribe", _symbols(symbols), _names(channels))
 
     async def unsubscribe(self, symbols: str | Iterable[str], channels: str | Iterable[str]) -> Message:
         """Remove ``symbols`` x ``channels``; returns the ``ack``. Raises as :meth:`subscribe`."""
-        return await self._request("unsubscribe", _names(symbols), _names(channels))
+        return await self._request("unsubscribe", _symbols(symbols), _names(channels))
 
     async def _request(
         self,
@@ -515,13 +553,14 @@ class WebSocketClient:
     def _start(self) -> None:
         if self._stop is not None:
             self._stop.clear()
+        self._failure = None
         self._run_task = asyncio.create_task(self._run(), name="bixweb-client")
-        self._run_task.add_done_callback(self._log_end)
+        self._run_task.add_done_callback(self._ended_with)
 
-    @staticmethod
-    def _log_end(task: asyncio.Task[None]) -> None:
+    def _ended_with(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            log.error("the receive loop stopped: %s", _describe(task.exception()))
+            self._failure = task.exception()
+            log.error("the receive loop stopped: %s", _describe(self._failure))
 
     def _backoff(self) -> Iterator[float]:
         return backoff_delays(self.reconnect_initial, self.reconnect_max, self._rng)
@@ -538,7 +577,7 @@ class WebSocketClient:
                         if not self.auto_reconnect or not _retryable(exc):
                             raise
                         delays = delays or self._backoff()
-                        delay = next(delays)
+                        delay = backoff_with_hint(next(delays), exc, self.reconnect_max)
                         log.warning(
                             "cannot connect to %s (%s); retrying in %.2f s", self._target(), _describe(exc), delay
                         )
@@ -573,7 +612,7 @@ class WebSocketClient:
 
     async def _open(self) -> aiohttp.ClientWebSocketResponse[Literal[False]]:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(middlewares=(read_refusal,))
         url = self._target()
         async with asyncio.timeout(self.connect_timeout):
             ws = await self._session.ws_connect(

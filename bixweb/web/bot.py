@@ -17,7 +17,7 @@ from bixweb.errors import ProtocolError
 from bixweb.hub import Backlog, Outbox
 from bixweb.limits import InboundLimiter
 from bixweb.logs import event
-from bixweb.model import CHANNELS, REPLAYED, TICKER, stream_key
+from bixweb.model import CHANNELS, REPLAYED, TICKER, canonical_symbol, stream_key
 from bixweb.web import gate
 from bixweb.web.connection import CLOSE_POLICY, Connection
 from bixweb.web.service import SERVICE, Service, now_ms
@@ -34,10 +34,11 @@ def initial_streams(query: Mapping[str, str], symbols: list[str], limit: int) ->
 
     A missing or empty parameter takes its default: every symbol, the ticker.
     ``channels=none`` starts with no subscription (to subscribe, or resume, by message).
+    Symbols are read in upper case (``btcusdt`` is ``BTCUSDT``).
     """
     if query.get("channels") == "none":
         return []
-    wanted_symbols = [s.strip() for s in query.get("symbols", "").split(",") if s.strip()]
+    wanted_symbols = [canonical_symbol(s.strip()) for s in query.get("symbols", "").split(",") if s.strip()]
     wanted_channels = [c.strip() for c in query.get("channels", "").split(",") if c.strip()]
     streams = protocol.resolve_streams(wanted_symbols or ["*"], wanted_channels or [TICKER], symbols, CHANNELS)
     if len(streams) > limit:
@@ -301,7 +302,7 @@ async def _serve(request: web.Request, service: Service) -> web.StreamResponse:
     try:
         streams = initial_streams(request.query, service.market.symbols, settings.max_subscriptions)
     except ProtocolError as exc:
-        return web.json_response({"code": exc.code, "message": exc.message, "path": exc.path}, status=400)
+        return gate.refuse(request, service, kind="bot", status=400, code=exc.code, message=exc.message, path=exc.path)
     refused = version_refusal(request, service, "bot")
     if refused is not None:
         return refused

@@ -7,6 +7,10 @@ one log line without anything the client sent:
 ======  ===============================  =========================================
 status  code                             when
 ======  ===============================  =========================================
+400     ``unknown_symbol``,              the bot socket's ``?symbols=&channels=`` names a symbol or
+        ``unknown_channel``,             channel the server does not carry, or more streams than
+        ``too_many_subscriptions``       ``--max-subscriptions`` (:mod:`bixweb.web.bot`; the body
+                                         adds the ``path``)
 401     ``unauthorized``                 bot socket with tokens on, none presented
 401     ``invalid_token``                a token that is not one of ours (bot socket, ``/metrics``)
 403     ``loopback_only``                no tokens configured, client not on loopback; ``/metrics``
@@ -16,6 +20,8 @@ status  code                             when
                                          path but ``/healthz``
 429     ``too_many_connections``         the client address holds its share of connections
 503     ``server_full``                  every connection the server allows is taken
+426     ``unsupported_version``          a socket handshake of a WebSocket version but 13
+                                         (:mod:`bixweb.web.upgrade`)
 ======  ===============================  =========================================
 
 Connections are counted when accepted (:mod:`bixweb.web.tcp`); the last two
@@ -156,10 +162,13 @@ def refuse(
     code: str,
     message: str,
     headers: dict[str, str] | None = None,
+    path: str | None = None,
 ) -> web.Response:
+    """The JSON refusal ``{"code", "message"}`` (and the ``path`` of a bad query value), counted and logged."""
     service.counters[f"refused:{code}"] += 1
     event(log, logging.WARNING, "refused", kind=kind, peer=request.remote, status=status, code=code)
-    return web.json_response({"code": code, "message": message}, status=status, headers=headers)
+    body = {"code": code, "message": message} if path is None else {"code": code, "message": message, "path": path}
+    return web.json_response(body, status=status, headers=headers)
 
 
 def bot_access(request: web.Request, service: Service) -> web.Response | None:
