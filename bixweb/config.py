@@ -1,17 +1,20 @@
 """Settings, read once at start-up from command-line flags and ``BIXWEB_*`` variables.
 
 A flag wins over its variable, which wins over the default. Every option
-is listed by ``python -m bixweb --help`` with its variable's name.
+is listed by ``bixweb serve --help`` (in groups) with its variable's name.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
+
+import platformdirs
 
 from bixweb.errors import ConfigError
 from bixweb.feeds.simulated import DEFAULT_SYMBOLS
@@ -65,45 +68,78 @@ class Settings:
     shutdown_timeout: float = 5.0
     log_format: str = "text"
     broker: str = "memory://"
-    data_dir: str = "data"
-    """Where alert rules, alert history and annotations are kept (created on first start)."""
+    data_dir: str = platformdirs.user_data_dir("bixweb")
+    """Where alert rules, alert history and annotations are kept (created on first start): the
+    platform's per-user data directory unless told; ``make run`` gives a checkout's ``./data``."""
 
 
 def _symbols(text: str) -> tuple[str, ...]:
     symbols = tuple(dict.fromkeys(s.strip().upper() for s in text.split(",") if s.strip()))
     if not symbols:
-        raise ValueError("no symbols given")
+        raise ValueError(f"{text!r} names no symbol (expects comma-separated symbols, like BTCUSDT,ETHUSDT)")
     return symbols
 
 
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):  # "nan" would pass every comparison below
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
+
+
+def _positive(kind: Callable[[str], Any], expected: str) -> Callable[[str], Any]:
+    """A parser of values of ``kind`` above 0, whose message says it expects ``expected``."""
+
     def parse(text: str) -> Any:
-        value = kind(text)
-        if value <= 0:
-            raise ValueError(f"{text} is not above 0")
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value <= 0:
+            raise ValueError(f"{text!r} is not {expected} above 0")
         return value
 
-    parse.__name__ = kind.__name__
     return parse
 
 
+_positive_number = _positive(_number, "a number")
+_seconds = _positive(_number, "a number of seconds")
+_count = _positive(_whole, "a whole number")
+
+
 def _port(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
     if not 0 <= value <= 65535:
-        raise ValueError(f"{text} is not a port (0-65535; 0 picks a free one)")
+        raise ValueError(f"{text!r} is not a port number (0-65535; 0 picks a free one)")
     return value
 
 
 def _level(text: str) -> str:
     if text.lower() not in LOG_LEVELS:
-        raise ValueError(f"{text} is not one of {', '.join(LOG_LEVELS)}")
+        raise ValueError(f"{text!r} is not a log level (one of {', '.join(LOG_LEVELS)})")
     return text.lower()
 
 
 def _at_least_zero(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
     if value < 0:
-        raise ValueError(f"{text} is below 0")
+        raise ValueError(f"{text!r} is not a whole number of 0 or more (0: no limit)")
     return value
 
 
@@ -115,28 +151,48 @@ def _networks(text: str) -> tuple[str, ...]:
     """Comma-separated addresses or CIDR networks, checked here, kept as text."""
     networks = _words(text)
     for network in networks:
-        ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{network!r} is not an IP address or network (expects comma-separated ones, like 127.0.0.1,10.0.0.0/8)"
+            ) from None
     return networks
+
+
+def _url_parts(text: str) -> tuple[str, str, str]:
+    """Scheme, host part and path of ``text``; empty ones for text that is no URL (``http://[``)."""
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return "", "", ""
+    return parts.scheme, parts.netloc, parts.path
 
 
 def _origins(text: str) -> tuple[str, ...]:
     origins = tuple(o.rstrip("/").lower() for o in _words(text))
     for origin in origins:
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
-            raise ValueError(f"{origin} is not an origin like https://example.com or http://host:8080")
+        scheme, netloc, path = _url_parts(origin)
+        if scheme not in ("http", "https") or not netloc or path:
+            raise ValueError(f"{origin!r} is not an origin (expects ones like https://example.com or http://host:8080)")
     return origins
 
 
 def _log_format(text: str) -> str:
     if text.lower() not in LOG_FORMATS:
-        raise ValueError(f"{text} is not one of {', '.join(LOG_FORMATS)}")
+        raise ValueError(f"{text!r} is not a log format (one of {', '.join(LOG_FORMATS)})")
     return text.lower()
 
 
+def _feed(text: str) -> str:
+    if not _url_parts(text)[0]:
+        raise ValueError(f"{text!r} is not a feed URL (simulated://, binance:// or replay://FILE)")
+    return text
+
+
 def _broker(text: str) -> str:
-    if urlsplit(text).scheme not in ("memory", "redis", "rediss", "unix"):
-        raise ValueError(f"{text} is not memory:// or redis://host:port/db")
+    if _url_parts(text)[0] not in ("memory", "redis", "rediss", "unix"):
+        raise ValueError(f"{text!r} is not a broker URL (memory:// or redis://host:port/db)")
     return text
 
 
@@ -145,34 +201,44 @@ def _flag(text: str) -> bool:
         return True
     if text.lower() in ("0", "false", "no", "off", ""):
         return False
-    raise ValueError(f"{text} is not a yes/no value")
+    raise ValueError(f"{text!r} is not a yes/no value (1, true, yes, on or 0, false, no, off)")
+
+
+def _text(text: str) -> str:
+    return text
+
+
+def _directory(text: str) -> str:
+    if not text.strip():
+        raise ValueError("'' is not a directory (expects a path; a relative one is taken from the working directory)")
+    return text
 
 
 # name -> (parser, help). The order is the order of --help.
 OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
-    "host": (str, "address to listen on"),
+    "host": (_text, "address to listen on"),
     "port": (_port, "port to listen on; 0 picks a free one (the log says which)"),
-    "feed": (str, "market-data source: simulated://, binance://, replay://FILE?speed=N (docs/feeds.md)"),
+    "feed": (_feed, "market-data source: simulated://, binance://, replay://FILE?speed=N (docs/feeds.md)"),
     "symbols": (_symbols, "comma-separated symbols to carry"),
-    "tick_rate": (_positive(float), "simulated market ticks per second"),
-    "seed": (int, "seed of the simulated market (same seed, same market)"),
+    "tick_rate": (_positive_number, "simulated market ticks per second"),
+    "seed": (_whole, "seed of the simulated market (same seed, same market)"),
     "log_level": (_level, "debug, info, warning or error"),
-    "book_depth": (_positive(int), "order-book levels per side"),
-    "history_points": (_positive(int), "candles per interval kept for snapshots and charts"),
-    "trade_history": (_positive(int), "recent trades kept per symbol for snapshots"),
-    "replay_depth": (_positive(int), "trade messages kept per symbol for clients that resume"),
-    "heartbeat": (_positive(float), "seconds between WebSocket pings; a peer that does not answer is closed"),
-    "status_interval": (_positive(float), "seconds between status messages"),
-    "stale_after": (_positive(float), "seconds without feed events before the feed counts as stale"),
-    "max_message_bytes": (_positive(int), "largest client frame; larger closes the socket with 1009"),
-    "max_messages_per_s": (_positive(float), "client messages per second allowed on average (burst: twice that)"),
-    "max_subscriptions": (_positive(int), "streams (channel x symbol) per connection"),
+    "book_depth": (_count, "order-book levels per side"),
+    "history_points": (_count, "candles per interval kept for snapshots and charts"),
+    "trade_history": (_count, "recent trades kept per symbol for snapshots"),
+    "replay_depth": (_count, "trade messages kept per symbol for clients that resume"),
+    "heartbeat": (_seconds, "seconds between WebSocket pings; a peer that does not answer is closed"),
+    "status_interval": (_seconds, "seconds between status messages"),
+    "stale_after": (_seconds, "seconds without feed events before the feed counts as stale"),
+    "max_message_bytes": (_count, "largest client frame; larger closes the socket with 1009"),
+    "max_messages_per_s": (_positive_number, "client messages per second allowed on average (burst: twice that)"),
+    "max_subscriptions": (_count, "streams (channel x symbol) per connection"),
     "outbox_messages": (
-        _positive(int),
+        _count,
         "trades and replies queued for a client before it is closed as a slow consumer (4008)",
     ),
-    "outbox_bytes": (_positive(int), "bytes queued for a client before it is closed as a slow consumer"),
-    "ui_rate": (_positive(float), "dashboard updates per second per fragment (latest wins)"),
+    "outbox_bytes": (_count, "bytes queued for a client before it is closed as a slow consumer"),
+    "ui_rate": (_positive_number, "dashboard updates per second per fragment (latest wins)"),
     "watchlist": (_symbols, "comma-separated symbols a new dashboard page watches (default: the first six symbols)"),
     "strict": (_flag, "validate every outbound message against its schema (slow; for debugging)"),
     "trusted_proxies": (
@@ -190,7 +256,7 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
         "comma-separated bearer tokens the bot socket accepts; prefer the variable or "
         "--token-file, since flags show in ps",
     ),
-    "token_file": (str, "file of bearer tokens for the bot socket, one per line (# comments allowed)"),
+    "token_file": (_text, "file of bearer tokens for the bot socket, one per line (# comments allowed)"),
     "open_bots": (
         _flag,
         "serve the bot socket to any address without a token (default: loopback only unless tokens are configured)",
@@ -205,20 +271,20 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
         "open connections per client address; more are refused with HTTP 429 (0: no limit)",
     ),
     "header_timeout": (
-        _positive(float),
+        _seconds,
         "seconds a new connection has to send a complete request head before it is closed (slow or silent clients)",
     ),
     "keepalive_timeout": (
-        _positive(float),
+        _seconds,
         "seconds an HTTP connection may stay idle between requests (keep it above a proxy's upstream keep-alive)",
     ),
     "bot_compression": (_flag, "offer permessage-deflate on the bot socket (costs CPU per client)"),
     "ui_compression": (_flag, "offer permessage-deflate on the dashboard socket (see docs/deployment.md: BREACH)"),
-    "shutdown_timeout": (_positive(float), "seconds a SIGTERM/SIGINT shutdown may take before sockets are dropped"),
+    "shutdown_timeout": (_seconds, "seconds a SIGTERM/SIGINT shutdown may take before sockets are dropped"),
     "log_format": (_log_format, "text (key=value lines) or json (one object per line)"),
     "broker": (_broker, "memory:// (one process) or redis://host:port/db (a feed process and web processes)"),
     "data_dir": (
-        str,
+        _directory,
         "directory of the SQLite file that keeps alert rules, alert history and annotations (created on first start)",
     ),
 }
@@ -227,33 +293,110 @@ FLAGS = frozenset(name for name, (parse, _) in OPTIONS.items() if parse is _flag
 assert list(OPTIONS) == [f.name for f in fields(Settings)]
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (not the usage of forty options) and status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} ({self.prog} --help lists the options)\n")
+
+
 def env_name(option: str) -> str:
     return "BIXWEB_" + option.upper()
 
 
-def add_options(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per setting; defaults stay unset so the environment can fill them."""
-    defaults = Settings()
-    for name, (_, help_text) in OPTIONS.items():
-        flag = "--" + name.replace("_", "-")
-        default = getattr(defaults, name)
-        shown = ",".join(default) if isinstance(default, tuple) else default
-        if name in FLAGS:
-            parser.add_argument(
-                flag, action="store_const", const="true", default=None, help=f"{help_text} [env {env_name(name)}]"
-            )
+GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "listen": (
+        "where the server listens and what its sockets send",
+        (
+            "host",
+            "port",
+            "heartbeat",
+            "status_interval",
+            "ui_rate",
+            "watchlist",
+            "bot_compression",
+            "ui_compression",
+            "strict",
+            "shutdown_timeout",
+        ),
+    ),
+    "feed": (
+        "where the market comes from and how it reaches the web processes",
+        (
+            "feed",
+            "symbols",
+            "tick_rate",
+            "seed",
+            "book_depth",
+            "history_points",
+            "trade_history",
+            "replay_depth",
+            "stale_after",
+            "broker",
+        ),
+    ),
+    "limits": (
+        "what one client or all of them may cost",
+        (
+            "max_message_bytes",
+            "max_messages_per_s",
+            "max_subscriptions",
+            "outbox_messages",
+            "outbox_bytes",
+            "max_connections",
+            "max_connections_per_client",
+            "header_timeout",
+            "keepalive_timeout",
+        ),
+    ),
+    "access": (
+        "who may connect",
+        ("trusted_proxies", "allowed_origins", "tokens", "token_file", "open_bots"),
+    ),
+    "storage": ("where alert rules, alert history and annotations are kept", ("data_dir",)),
+    "logging": ("what the log says and how", ("log_level", "log_format")),
+}
+"""The option groups of ``--help``: name → (title, options). Every option is in exactly one."""
+assert sorted(n for _, names in GROUPS.values() for n in names) == sorted(OPTIONS)
+
+
+def add_options(
+    parser: argparse.ArgumentParser, names: Collection[str] | None = None, defaults: Settings | None = None
+) -> None:
+    """Add one flag per setting (those in ``names``, or all), in their groups, with the
+    ``defaults`` their help shows; the parsed values stay unset so the environment can fill them."""
+    defaults = defaults or Settings()
+    for group_name, (title, members) in GROUPS.items():
+        chosen = [name for name in members if names is None or name in names]
+        if not chosen:
             continue
-        default_text = f" (default: {shown})" if shown != "" else ""
-        parser.add_argument(
-            flag, metavar=name.upper(), default=None, help=f"{help_text}{default_text} [env {env_name(name)}]"
-        )
+        group = parser.add_argument_group(group_name, title)
+        for name in chosen:
+            help_text = OPTIONS[name][1]
+            flag = "--" + name.replace("_", "-")
+            default = getattr(defaults, name)
+            shown = ",".join(default) if isinstance(default, tuple) else default
+            if name in FLAGS:
+                group.add_argument(
+                    flag, action="store_const", const="true", default=None, help=f"{help_text} [env {env_name(name)}]"
+                )
+                continue
+            default_text = f" (default: {shown})" if shown != "" else ""
+            group.add_argument(
+                flag, metavar=name.upper(), default=None, help=f"{help_text}{default_text} [env {env_name(name)}]"
+            )
 
 
-def settings_from(args: argparse.Namespace | Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
-    """Settings from parsed flags (strings or None) over ``BIXWEB_*`` variables."""
+def settings_from(
+    args: argparse.Namespace | Mapping[str, Any], environ: Mapping[str, str], names: Collection[str] | None = None
+) -> Settings:
+    """Settings from parsed flags (strings or None) over ``BIXWEB_*`` variables; only the options
+    in ``names`` (the ones a command uses) are read, the rest keep their defaults."""
     given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
     values: dict[str, Any] = {}
     for name, (parse, _) in OPTIONS.items():
+        if names is not None and name not in names:
+            continue
         raw = given.get(name)
         source = "--" + name.replace("_", "-")
         if raw is None:

@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 
 from bixweb import protocol
 from bixweb.brokers import Publication, Subscriber, decode_publication, encode_publication
+from bixweb.brokers.link import LinkLog, redacted
 from bixweb.desk import Desk
 from bixweb.errors import BrokerError
 from bixweb.market import Message, Outgoing
@@ -71,6 +72,8 @@ class RedisBroker:
         prefix: str = "bixweb",
     ) -> None:
         self.url = url
+        self.shown = redacted(url)
+        """The URL without its password: what logs and probes show."""
         self.symbols = list(symbols)
         self.seed_source = seed
         """Owner side: the whole state now (the market's), to write after a lost link."""
@@ -83,6 +86,7 @@ class RedisBroker:
         self.published = 0
         """Owner side: publications made so far in this epoch."""
         self.up = False
+        self._link = LinkLog()
         self.desk: Desk | None = None
         """Owner side: the alert desk whose state is kept in Redis and whose requests come through it."""
         self._desk_changes: list[str] = []
@@ -109,6 +113,11 @@ class RedisBroker:
         parts = tuple((item.stream, protocol.encode(item.message), item.conflate) for item in outgoing)
         self._queue.append(Publication(epoch, self.published, parts))
         self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        """Owner side: publications waiting to be written (while Redis is away, up to :data:`QUEUED_PUBLICATIONS`)."""
+        return len(self._queue)
 
     def state_changed(self) -> None:
         self._reseed = True
@@ -155,7 +164,7 @@ class RedisBroker:
                 self._set_up(False, exc)
                 await asyncio.sleep(next(delays))
             except Exception as exc:  # a bug must not end the publishing: write the state again
-                log.exception("publishing to %s failed; writing the state again", self.url)
+                log.exception("publishing to %s failed; writing the state again", self.shown)
                 self._set_up(False, exc)
                 await asyncio.sleep(next(delays))
             finally:
@@ -183,7 +192,7 @@ class RedisBroker:
                 pipe.set(f"{self.prefix}:desk", self.desk.state())
                 pipe.publish(self.desk_channel, "all")
             await pipe.execute()
-        log.info("wrote the market state to %s (epoch %d, publication %d)", self.url, seed.epoch, seed.published)
+        log.info("wrote the market state to %s (epoch %d, publication %d)", self.shown, seed.epoch, seed.published)
 
     async def _write_publication(self, client: Redis, publication: Publication) -> None:
         prefix = self.prefix
@@ -300,6 +309,7 @@ class RedisBroker:
             pubsub = client.pubsub()
             try:
                 await pubsub.subscribe(self.channel, self.desk_channel)
+                await self._confirmed(pubsub)
                 seed = await self.read_seed(client)
                 if seed is not None:
                     self._seed(seed)
@@ -326,12 +336,7 @@ class RedisBroker:
                             self._number = publication.number
                             self._deliver(publication)
                             continue
-                    log.warning(
-                        "publication %d of epoch %d does not follow %d: reading the state again",
-                        publication.number,
-                        publication.epoch,
-                        self._number,
-                    )
+                    self._log_reload(seed, publication)
                     seed = await self.read_seed(client)
                     if seed is not None:
                         self._seed(seed)
@@ -342,7 +347,7 @@ class RedisBroker:
                 self._set_up(False, exc)
                 await asyncio.sleep(next(delays))
             except Exception as exc:  # a bug must not end the following: start over from the state
-                log.exception("following %s failed; reading the state again", self.url)
+                log.exception("following %s failed; reading the state again", self.shown)
                 self._set_up(False, exc)
                 await asyncio.sleep(next(delays))
             finally:
@@ -350,6 +355,33 @@ class RedisBroker:
                 await client.aclose()
 
     _number = 0
+
+    async def _confirmed(self, pubsub: Any) -> None:
+        """Wait until Redis confirms both subscriptions. ``subscribe`` only sends the command: a
+        state read on the other connection could be answered first, and a publication made
+        between the two would be in neither (the follower then saw a gap on every start)."""
+        confirmed = 0
+        async with asyncio.timeout(REQUEST_TIMEOUT_S):  # TimeoutError is an OSError: the link is retried
+            while confirmed < 2:
+                message = await pubsub.get_message(timeout=HEALTH_CHECK_S)
+                if message is not None and message.get("type") == "subscribe":
+                    confirmed += 1
+
+    def _log_reload(self, seed: Seed | None, publication: Publication) -> None:
+        """Why the state is read again: a feed process that began (or began anew) is news; lost
+        publications within one epoch are trouble."""
+        if seed is None:
+            log.info("the feed process began publishing (epoch %d): reading its state", publication.epoch)
+        elif publication.epoch != seed.epoch:
+            log.info("a new epoch %d (the feed process restarted): reading its state", publication.epoch)
+        else:
+            log.warning(
+                "publication %d of epoch %d does not follow %d: %d lost; reading the state again",
+                publication.number,
+                publication.epoch,
+                self._number,
+                publication.number - self._number - 1,
+            )
 
     async def _desk_state(self, client: Redis, change: str | None) -> None:
         state = await client.get(f"{self.prefix}:desk")
@@ -371,16 +403,46 @@ class RedisBroker:
             subscriber.on_publication(publication.parts, messages)
 
     def _set_up(self, up: bool, error: BaseException | None = None) -> None:
-        if up != self.up:
-            if up:
-                log.info("linked to %s", self.url)
+        """Tell the subscribers of a change; log it: a WARNING at once for a lost or unmade link,
+        then one every :data:`~bixweb.brokers.link.LINK_WARNING_INTERVAL` while it lasts."""
+        now = time.monotonic()
+        if up:
+            ended = self._link.linked(now)
+            if ended is not None:
+                log.info("linked to %s after %.0f s (%d failed attempts)", self.shown, ended.seconds, ended.failures)
+            elif not self.up:
+                log.info("linked to %s", self.shown)
+        else:
+            outage = self._link.failed(now, f"{type(error).__name__}: {error}" if error else "-")
+            if outage is not None and outage.failures == 1:
+                lost = "lost" if self.up else "cannot reach"
+                log.warning("%s %s (%s); retrying", lost, self.shown, outage.error)
+            elif outage is not None:
+                log.warning(
+                    "still cannot reach %s after %.0f s (%d attempts; last: %s); retrying",
+                    self.shown,
+                    outage.seconds,
+                    outage.failures,
+                    outage.error,
+                )
             else:
-                log.warning("lost %s: %s; reconnecting", self.url, error.__class__.__name__ if error else "-")
+                log.debug("still no %s: %s", self.shown, error)
+        if up != self._told:  # each change, and the first outcome: a link never made is news too
+            self._told = up
             for subscriber in self._subscribers:
                 subscriber.on_link(up)
-        elif not up:
-            log.debug("still no %s: %s", self.url, error)
         self.up = up
+
+    _told: bool | None = None
+
+    @property
+    def problem(self) -> str:
+        """Why the link is not up, for ``/readyz`` (empty while it is)."""
+        if self.up:
+            return ""
+        if not self._link.error:
+            return f"not linked to {self.shown} yet"
+        return f"cannot reach {self.shown}: {self._link.error}"
 
     async def run(self) -> None:
         """Publish if this process owns the market (it has a seed source), else follow."""
