@@ -17,8 +17,9 @@ import resource
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -195,6 +196,17 @@ def command_settings(command: str, argv: Sequence[str]) -> Settings:
     return settings
 
 
+def feed_process() -> Callable[[Settings], Coroutine[Any, Any, None]]:
+    """:func:`bixweb.web.feed_process.run_feed_process`, or the one line that says how to get Redis's client."""
+    try:
+        from bixweb.web.feed_process import run_feed_process
+    except ModuleNotFoundError as exc:
+        if exc.name != "redis":
+            raise
+        raise ConfigError("the feed process needs Redis's client: pip install 'bixweb[redis]'") from None
+    return run_feed_process
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] and argv[0] in COMMANDS:
@@ -220,9 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = command_settings(command, argv)
         configure_logging(settings.log_level, settings.log_format)
         if command == "feed":
-            from bixweb.web.feed_process import run_feed_process
-
-            asyncio.run(run_feed_process(settings))
+            asyncio.run(feed_process()(settings))
         else:
             asyncio.run(serve(settings))
     except BixwebError as exc:

@@ -278,9 +278,7 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
         trusted_proxies=networks(settings.trusted_proxies),
         desk=desk,
     )
-    if isinstance(broker, RedisBroker):
-        linked = broker
-        service.broker_problem = lambda: linked.problem
+    service.broker_problem = lambda: broker.problem
     announce_access(settings, tokens)
     # handler_args reach every runner's connections, the tests' too
     app = web.Application(

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from bixweb import __version__
 from bixweb.market import Market
 from bixweb.web import gate
-from bixweb.web.service import SERVICE, Guarded, Service, now_ms
+from bixweb.web.service import SERVICE, Guarded, Service, feed_state, now_ms
 
 KINDS = ("bot", "ui")
 FEED_STATES = ("live", "stale", "down")
@@ -174,6 +174,8 @@ class Vitals(Guarded, Protocol):
     def shutting_down(self) -> bool: ...
     @property
     def uptime_s(self) -> float: ...
+    @property
+    def upstream(self) -> Callable[[], bool | None]: ...
     def feed_state(self, now: int) -> str: ...
     def broker_problem(self) -> str: ...
 
@@ -194,12 +196,19 @@ def readiness(vitals: Vitals, now: int) -> tuple[int, dict[str, Any]]:
         reasons.append({"code": "shutting_down", "message": "the process is shutting down"})
     if vitals.broker_down:
         reasons.append({"code": "broker_unreachable", "message": vitals.broker_problem()})
-    elif vitals.feed_down:
+    own = feed_state(  # the feed's own state: a web process's feed is "down" when only its broker is
+        failed=vitals.feed_down,
+        last_event_ms=last,
+        now=now,
+        stale_after=vitals.settings.stale_after,
+        upstream=vitals.upstream(),
+    )
+    if vitals.feed_down:
         reasons.append({"code": "feed_down", "message": "the feed stopped (the log says why)"})
-    elif state == "down":
+    elif own == "down":
         silent = f"no feed event for {lag:g} s" if lag is not None else "no feed event yet"
         reasons.append({"code": "feed_down", "message": f"{silent}, and the feed's link to its source is down"})
-    elif state == "stale":
+    elif own == "stale":
         silent = f"no feed event for {lag:g} s" if lag is not None else "no feed event yet"
         reasons.append({"code": "feed_stale", "message": silent})
     ready = all(reason["code"] == "feed_stale" for reason in reasons)
