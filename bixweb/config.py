@@ -7,20 +7,15 @@ is listed by ``bixweb serve --help`` (in groups) with its variable's name.
 from __future__ import annotations
 
 import argparse
-import ipaddress
-import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
 
 import platformdirs
 
+from bixweb import values
 from bixweb.errors import ConfigError
 from bixweb.feeds.simulated import DEFAULT_SYMBOLS
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,222 +68,87 @@ class Settings:
     platform's per-user data directory unless told; ``make run`` gives a checkout's ``./data``."""
 
 
-def _symbols(text: str) -> tuple[str, ...]:
-    symbols = tuple(dict.fromkeys(s.strip().upper() for s in text.split(",") if s.strip()))
-    if not symbols:
-        raise ValueError(f"{text!r} names no symbol (expects comma-separated symbols, like BTCUSDT,ETHUSDT)")
-    return symbols
-
-
-def _whole(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a whole number") from None
-
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):  # "nan" would pass every comparison below
-        raise ValueError(f"{text!r} is not a finite number")
-    return value
-
-
-def _positive(kind: Callable[[str], Any], expected: str) -> Callable[[str], Any]:
-    """A parser of values of ``kind`` above 0, whose message says it expects ``expected``."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or value <= 0:
-            raise ValueError(f"{text!r} is not {expected} above 0")
-        return value
-
-    return parse
-
-
-_positive_number = _positive(_number, "a number")
-_seconds = _positive(_number, "a number of seconds")
-_count = _positive(_whole, "a whole number")
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 65535:
-        raise ValueError(f"{text!r} is not a port number (0-65535; 0 picks a free one)")
-    return value
-
-
-def _level(text: str) -> str:
-    if text.lower() not in LOG_LEVELS:
-        raise ValueError(f"{text!r} is not a log level (one of {', '.join(LOG_LEVELS)})")
-    return text.lower()
-
-
-def _at_least_zero(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ValueError(f"{text!r} is not a whole number of 0 or more (0: no limit)")
-    return value
-
-
-def _words(text: str) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
-
-
-def _networks(text: str) -> tuple[str, ...]:
-    """Comma-separated addresses or CIDR networks, checked here, kept as text."""
-    networks = _words(text)
-    for network in networks:
-        try:
-            ipaddress.ip_network(network, strict=False)
-        except ValueError:
-            raise ValueError(
-                f"{network!r} is not an IP address or network (expects comma-separated ones, like 127.0.0.1,10.0.0.0/8)"
-            ) from None
-    return networks
-
-
-def _url_parts(text: str) -> tuple[str, str, str]:
-    """Scheme, host part and path of ``text``; empty ones for text that is no URL (``http://[``)."""
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return "", "", ""
-    return parts.scheme, parts.netloc, parts.path
-
-
-def _origins(text: str) -> tuple[str, ...]:
-    origins = tuple(o.rstrip("/").lower() for o in _words(text))
-    for origin in origins:
-        scheme, netloc, path = _url_parts(origin)
-        if scheme not in ("http", "https") or not netloc or path:
-            raise ValueError(f"{origin!r} is not an origin (expects ones like https://example.com or http://host:8080)")
-    return origins
-
-
-def _log_format(text: str) -> str:
-    if text.lower() not in LOG_FORMATS:
-        raise ValueError(f"{text!r} is not a log format (one of {', '.join(LOG_FORMATS)})")
-    return text.lower()
-
-
-def _feed(text: str) -> str:
-    if not _url_parts(text)[0]:
-        raise ValueError(f"{text!r} is not a feed URL (simulated://, binance:// or replay://FILE)")
-    return text
-
-
-def _broker(text: str) -> str:
-    if _url_parts(text)[0] not in ("memory", "redis", "rediss", "unix"):
-        raise ValueError(f"{text!r} is not a broker URL (memory:// or redis://host:port/db)")
-    return text
-
-
-def _flag(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"{text!r} is not a yes/no value (1, true, yes, on or 0, false, no, off)")
-
-
-def _text(text: str) -> str:
-    return text
-
-
-def _directory(text: str) -> str:
-    if not text.strip():
-        raise ValueError("'' is not a directory (expects a path; a relative one is taken from the working directory)")
-    return text
-
-
 # name -> (parser, help). The order is the order of --help.
 OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
-    "host": (_text, "address to listen on"),
-    "port": (_port, "port to listen on; 0 picks a free one (the log says which)"),
-    "feed": (_feed, "market-data source: simulated://, binance://, replay://FILE?speed=N (docs/feeds.md)"),
-    "symbols": (_symbols, "comma-separated symbols to carry"),
-    "tick_rate": (_positive_number, "simulated market ticks per second"),
-    "seed": (_whole, "seed of the simulated market (same seed, same market)"),
-    "log_level": (_level, "debug, info, warning or error"),
-    "book_depth": (_count, "order-book levels per side"),
-    "history_points": (_count, "candles per interval kept for snapshots and charts"),
-    "trade_history": (_count, "recent trades kept per symbol for snapshots"),
-    "replay_depth": (_count, "trade messages kept per symbol for clients that resume"),
-    "heartbeat": (_seconds, "seconds between WebSocket pings; a peer that does not answer is closed"),
-    "status_interval": (_seconds, "seconds between status messages"),
-    "stale_after": (_seconds, "seconds without feed events before the feed counts as stale"),
-    "max_message_bytes": (_count, "largest client frame; larger closes the socket with 1009"),
-    "max_messages_per_s": (_positive_number, "client messages per second allowed on average (burst: twice that)"),
-    "max_subscriptions": (_count, "streams (channel x symbol) per connection"),
+    "host": (values.plain, "address to listen on"),
+    "port": (values.port_number, "port to listen on; 0 picks a free one (the log says which)"),
+    "feed": (values.feed_url, "market-data source: simulated://, binance://, replay://FILE?speed=N (docs/feeds.md)"),
+    "symbols": (values.symbols, "comma-separated symbols to carry"),
+    "tick_rate": (values.positive_number, "simulated market ticks per second"),
+    "seed": (values.whole, "seed of the simulated market (same seed, same market)"),
+    "log_level": (values.log_level, "debug, info, warning or error"),
+    "book_depth": (values.count, "order-book levels per side"),
+    "history_points": (values.count, "candles per interval kept for snapshots and charts"),
+    "trade_history": (values.count, "recent trades kept per symbol for snapshots"),
+    "replay_depth": (values.count, "trade messages kept per symbol for clients that resume"),
+    "heartbeat": (values.seconds, "seconds between WebSocket pings; a peer that does not answer is closed"),
+    "status_interval": (values.seconds, "seconds between status messages"),
+    "stale_after": (values.seconds, "seconds without feed events before the feed counts as stale"),
+    "max_message_bytes": (values.count, "largest client frame; larger closes the socket with 1009"),
+    "max_messages_per_s": (values.positive_number, "client messages per second allowed on average (burst: twice that)"),
+    "max_subscriptions": (values.count, "streams (channel x symbol) per connection"),
     "outbox_messages": (
-        _count,
+        values.count,
         "trades and replies queued for a client before it is closed as a slow consumer (4008)",
     ),
-    "outbox_bytes": (_count, "bytes queued for a client before it is closed as a slow consumer"),
-    "ui_rate": (_positive_number, "dashboard updates per second per fragment (latest wins)"),
-    "watchlist": (_symbols, "comma-separated symbols a new dashboard page watches (default: the first six symbols)"),
-    "strict": (_flag, "validate every outbound message against its schema (slow; for debugging)"),
+    "outbox_bytes": (values.count, "bytes queued for a client before it is closed as a slow consumer"),
+    "ui_rate": (values.positive_number, "dashboard updates per second per fragment (latest wins)"),
+    "watchlist": (
+        values.symbols,
+        "comma-separated symbols a new dashboard page watches (default: the first six symbols)",
+    ),
+    "strict": (values.switch, "validate every outbound message against its schema (slow; for debugging)"),
     "trusted_proxies": (
-        _networks,
+        values.networks,
         "comma-separated proxy addresses or networks whose X-Forwarded-For and X-Forwarded-Proto "
         "are believed (client address for limits and logs; https for the page's wss:// socket)",
     ),
     "allowed_origins": (
-        _origins,
+        values.origins,
         "comma-separated origins (https://example.com) whose pages may open the dashboard socket "
         "(default: the host the page was served from)",
     ),
     "tokens": (
-        _words,
+        values.words,
         "comma-separated bearer tokens the bot socket accepts; prefer the variable or "
         "--token-file, since flags show in ps",
     ),
-    "token_file": (_text, "file of bearer tokens for the bot socket, one per line (# comments allowed)"),
+    "token_file": (values.plain, "file of bearer tokens for the bot socket, one per line (# comments allowed)"),
     "open_bots": (
-        _flag,
+        values.switch,
         "serve the bot socket to any address without a token (default: loopback only unless tokens are configured)",
     ),
     "max_connections": (
-        _at_least_zero,
+        values.at_least_zero,
         "open connections in total (HTTP and WebSocket); more are refused with "
         "HTTP 503 (0: no limit; never more than the open-files limit allows)",
     ),
     "max_connections_per_client": (
-        _at_least_zero,
+        values.at_least_zero,
         "open connections per client address; more are refused with HTTP 429 (0: no limit)",
     ),
     "header_timeout": (
-        _seconds,
+        values.seconds,
         "seconds a new connection has to send a complete request head before it is closed (slow or silent clients)",
     ),
     "keepalive_timeout": (
-        _seconds,
+        values.seconds,
         "seconds an HTTP connection may stay idle between requests (keep it above a proxy's upstream keep-alive)",
     ),
-    "bot_compression": (_flag, "offer permessage-deflate on the bot socket (costs CPU per client)"),
-    "ui_compression": (_flag, "offer permessage-deflate on the dashboard socket (see docs/deployment.md: BREACH)"),
-    "shutdown_timeout": (_seconds, "seconds a SIGTERM/SIGINT shutdown may take before sockets are dropped"),
-    "log_format": (_log_format, "text (key=value lines) or json (one object per line)"),
-    "broker": (_broker, "memory:// (one process) or redis://host:port/db (a feed process and web processes)"),
+    "bot_compression": (values.switch, "offer permessage-deflate on the bot socket (costs CPU per client)"),
+    "ui_compression": (
+        values.switch,
+        "offer permessage-deflate on the dashboard socket (see docs/deployment.md: BREACH)",
+    ),
+    "shutdown_timeout": (values.seconds, "seconds a SIGTERM/SIGINT shutdown may take before sockets are dropped"),
+    "log_format": (values.log_format, "text (key=value lines) or json (one object per line)"),
+    "broker": (values.broker_url, "memory:// (one process) or redis://host:port/db (a feed process and web processes)"),
     "data_dir": (
-        _directory,
+        values.directory,
         "directory of the SQLite file that keeps alert rules, alert history and annotations (created on first start)",
     ),
 }
-FLAGS = frozenset(name for name, (parse, _) in OPTIONS.items() if parse is _flag)
+FLAGS = frozenset(name for name, (parse, _) in OPTIONS.items() if parse is values.switch)
 """Options that are switches: ``--strict`` alone means on."""
 assert list(OPTIONS) == [f.name for f in fields(Settings)]
 

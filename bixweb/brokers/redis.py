@@ -13,10 +13,7 @@ not the next number (lost in an outage, or a Redis restart) or of another
 epoch makes the follower read the state again; the subscriber learns what
 its clients missed from :meth:`bixweb.mirror.Mirror.load`.
 
-Keys (``prefix`` defaults to ``bixweb``): ``{prefix}:seed`` (hash: epoch,
-published), ``{prefix}:latest`` (hash: stream → message),
-``{prefix}:recent:{stream}`` and ``{prefix}:closed:{stream}`` (lists), and the
-channel ``{prefix}:publications``.
+The keys and how the state is written and read: :mod:`bixweb.brokers.redis_state`.
 """
 
 from __future__ import annotations
@@ -36,19 +33,16 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from bixweb import protocol
-from bixweb.brokers import Publication, Subscriber, decode_publication, encode_publication
+from bixweb.brokers import Publication, Subscriber, decode_publication
 from bixweb.brokers.link import LinkLog, redacted
+from bixweb.brokers.redis_state import Layout
 from bixweb.desk import Desk
 from bixweb.errors import BrokerError
 from bixweb.market import Message, Outgoing
 from bixweb.mirror import Seed
-from bixweb.model import CHANNELS, REPLAYED, stream_key
 from bixweb.retry import backoff
 
 log = logging.getLogger("bixweb.broker")
-
-RedisKey = bytes | bytearray | memoryview | str | int | float
-RedisValue = bytes | bytearray | memoryview | str | int | float
 
 QUEUED_PUBLICATIONS = 10_000
 """Publications held while Redis is away; older ones are dropped (followers then reload the state)."""
@@ -74,12 +68,10 @@ class RedisBroker:
         self.url = url
         self.shown = redacted(url)
         """The URL without its password: what logs and probes show."""
-        self.symbols = list(symbols)
         self.seed_source = seed
         """Owner side: the whole state now (the market's), to write after a lost link."""
-        self.history_points = history_points
-        self.replay_depth = replay_depth
         self.prefix = prefix
+        self.layout = Layout(prefix, tuple(symbols), history_points=history_points, replay_depth=replay_depth)
         self.channel = f"{prefix}:publications"
         self.desk_channel = f"{prefix}:desk:changes"
         self.requests_key = f"{prefix}:desk:requests"
@@ -171,49 +163,12 @@ class RedisBroker:
                 await client.aclose()
 
     async def _write_seed(self, client: Redis, seed: Seed) -> None:
-        requests = f"{self.prefix}:desk:"  # requests and replies in flight are not state: keep them
-        stale = [
-            key async for key in client.scan_iter(match=f"{self.prefix}:*") if not key.decode().startswith(requests)
-        ]
-        async with client.pipeline(transaction=True) as pipe:
-            if stale:
-                pipe.delete(*stale)
-            if seed.latest:
-                mapping: dict[RedisKey, RedisValue] = {stream: data for stream, data in seed.latest.items()}
-                pipe.hset(f"{self.prefix}:latest", mapping=mapping)
-            for stream, messages in seed.recent.items():
-                if messages:
-                    pipe.rpush(f"{self.prefix}:recent:{stream}", *messages)
-            for stream, candles in seed.closed.items():
-                if candles:
-                    pipe.rpush(f"{self.prefix}:closed:{stream}", *candles)
-            pipe.hset(f"{self.prefix}:seed", mapping={"epoch": seed.epoch, "published": seed.published})
-            if self.desk is not None:
-                pipe.set(f"{self.prefix}:desk", self.desk.state())
-                pipe.publish(self.desk_channel, "all")
-            await pipe.execute()
+        desk_state = self.desk.state() if self.desk is not None else None
+        await self.layout.write_seed(client, seed, desk_state=desk_state, desk_channel=self.desk_channel)
         log.info("wrote the market state to %s (epoch %d, publication %d)", self.shown, seed.epoch, seed.published)
 
     async def _write_publication(self, client: Redis, publication: Publication) -> None:
-        prefix = self.prefix
-        async with client.pipeline(transaction=True) as pipe:
-            latest: dict[RedisKey, RedisValue] = {}
-            for stream, data, conflate in publication.parts:
-                if stream.partition(":")[0] in REPLAYED:
-                    key = f"{prefix}:recent:{stream}"
-                    pipe.rpush(key, data)
-                    pipe.ltrim(key, -self.replay_depth, -1)
-                    continue
-                latest[stream] = data
-                if not conflate and stream.startswith("candles_"):  # a closed candle
-                    key = f"{prefix}:closed:{stream}"
-                    pipe.rpush(key, data)
-                    pipe.ltrim(key, -self.history_points, -1)
-            if latest:
-                pipe.hset(f"{prefix}:latest", mapping=latest)
-            pipe.hset(f"{prefix}:seed", mapping={"epoch": publication.epoch, "published": publication.number})
-            pipe.publish(self.channel, encode_publication(publication))
-            await pipe.execute()
+        await self.layout.write_publication(client, publication, channel=self.channel)
 
     async def _answer_forever(self) -> None:
         """Owner side: carry out the desk requests web processes forward (one at a time, in order)."""
@@ -272,35 +227,7 @@ class RedisBroker:
 
     async def read_seed(self, client: Redis) -> Seed | None:
         """The owner's state, read in one MULTI so it is one moment's; None before any owner wrote one."""
-        prefix = self.prefix
-        lists = [
-            stream_key(channel, symbol)
-            for symbol in self.symbols
-            for channel in CHANNELS
-            if channel in REPLAYED or channel.startswith("candles_")
-        ]
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.hgetall(f"{prefix}:seed")
-            pipe.hgetall(f"{prefix}:latest")
-            for stream in lists:
-                kind = "recent" if stream.partition(":")[0] in REPLAYED else "closed"
-                pipe.lrange(f"{prefix}:{kind}:{stream}", 0, -1)
-            replies: list[Any] = await pipe.execute()
-        head, latest, *ranges = replies
-        if not head:
-            return None
-        recent: dict[str, list[bytes]] = {}
-        closed: dict[str, list[bytes]] = {}
-        for stream, items in zip(lists, ranges, strict=True):
-            if items:
-                (recent if stream.partition(":")[0] in REPLAYED else closed)[stream] = list(items)
-        return Seed(
-            epoch=int(head[b"epoch"]),
-            published=int(head[b"published"]),
-            latest={key.decode(): value for key, value in latest.items()},
-            recent=recent,
-            closed=closed,
-        )
+        return await self.layout.read_seed(client)
 
     async def _follow_forever(self) -> None:
         delays = backoff(RETRY_INITIAL, RETRY_MAX)
