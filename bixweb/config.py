@@ -145,7 +145,8 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     "broker": (values.broker_url, "memory:// (one process) or redis://host:port/db (a feed process and web processes)"),
     "data_dir": (
         values.directory,
-        "directory of the SQLite file that keeps alert rules, alert history and annotations (created on first start)",
+        "directory of the SQLite file that keeps alert rules, alert history and annotations (created on first "
+        "start; a relative path is taken from the working directory)",
     ),
 }
 FLAGS = frozenset(name for name, (parse, _) in OPTIONS.items() if parse is values.switch)

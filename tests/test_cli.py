@@ -133,6 +133,7 @@ def test_the_console_script_is_python_m_bixweb() -> None:
     for args in (["--help"], ["feed", "--help"], ["--version"]):
         script = subprocess.run([str(CONSOLE_SCRIPT), *args], capture_output=True, text=True, timeout=30, check=True)
         assert script.stdout == bixweb(*args).stdout, args
+        assert script.stdout.startswith("usage: bixweb " if "--help" in args else "bixweb "), script.stdout[:80]
     assert bixweb("--version").stdout.startswith("bixweb ")
 
 
