@@ -129,11 +129,31 @@ async def get_json(url: str) -> tuple[int, dict[str, Any]]:
         return response.status, json.loads(await response.text())
 
 
+async def probe_rules_hold(port: int) -> bool:
+    """The feed process's probe server behind the web service's door: a silent connection is closed
+    at the header timeout (1 s here), probes answer under any ``Host``, ``/metrics`` does not (rebinding)."""
+    silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.monotonic()
+    assert await asyncio.wait_for(silent_reader.read(), 5) == b""  # closed, unanswered
+    assert time.monotonic() - started < 3.0
+    silent_writer.close()
+    for path, expected in (("/livez", 200), ("/readyz", 200), ("/metrics", 403)):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n".encode())
+        status = int((await asyncio.wait_for(reader.readline(), 5)).split()[1])
+        writer.close()
+        assert status == expected, (path, status)
+    return True
+
+
 async def test_the_feed_process_serves_its_own_probes_and_metrics(redis_server: RedisServer, tmp_path: Path) -> None:
-    feed = FeedProcess("--broker", redis_server.url, "--symbols", "BTCUSDT,ETHUSDT", "--tick-rate", "20")
+    feed = FeedProcess(
+        "--broker", redis_server.url, "--symbols", "BTCUSDT,ETHUSDT", "--tick-rate", "20", "--header-timeout", "1"
+    )
     try:
         base = f"http://127.0.0.1:{feed.port}"
         assert feed.port > 0
+        assert await probe_rules_hold(feed.port)
         status, body = await get_json(base + "/livez")
         assert (status, body["status"]) == (200, "ok")
         status, body = await get_json(base + "/readyz")
@@ -167,7 +187,7 @@ async def test_the_feed_process_serves_its_own_probes_and_metrics(redis_server: 
     finally:
         assert feed.stop() == 0
     log = feed.output.decode()
-    lost = [line for line in log.splitlines() if " WARNING " in line]
+    lost = [line for line in log.splitlines() if " WARNING bixweb.broker " in line]
     assert lost and f"lost redis://127.0.0.1:{redis_server.port}/0" in lost[0], log
     assert len(lost) == 1, lost  # one outage of a few seconds: one line
     assert f"INFO bixweb.broker linked to redis://127.0.0.1:{redis_server.port}/0 after" in log
