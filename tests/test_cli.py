@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from bixweb.__main__ import COMMANDS, FEED_OPTIONS, usable_data_dir
 from bixweb.config import GROUPS, OPTIONS, env_name
 from bixweb.errors import ConfigError
+from bixweb.web.listen import listen_failure
 from tests.support import ROOT, ServerProcess
 
 Start = Callable[..., ServerProcess]
@@ -183,3 +185,13 @@ def test_a_command_after_the_options_is_pointed_to_its_place() -> None:
     line = one_line_refusal(bixweb("--port", "0", "feed"))
     assert "the command comes first: bixweb feed" in line
     assert "invalid choice: 'srve'" in one_line_refusal(bixweb("srve"))
+
+
+def test_other_listen_failures_are_one_line_saying_what_to_change(tmp_path: Path) -> None:
+    line = one_line_refusal(bixweb("--host", "192.0.2.1", "--data-dir", str(tmp_path)))  # TEST-NET-1: not ours
+    assert "cannot listen on 192.0.2.1: it is not an address of this machine" in line and "--host" in line
+    line = one_line_refusal(bixweb("--host", "no-such-host.invalid", "--data-dir", str(tmp_path)))
+    assert "cannot listen on 'no-such-host.invalid'" in line and "BIXWEB_HOST" in line
+    # root may bind below 1024, so the privilege case is checked on the value alone
+    refused = listen_failure(PermissionError(errno.EACCES, "Permission denied"), "0.0.0.0", 80)
+    assert "port 80 on 0.0.0.0" in refused and "CAP_NET_BIND_SERVICE" in refused and "--port" in refused
