@@ -79,7 +79,7 @@ def build_parser(command: str = "serve") -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bixweb {__version__}")
     if command == "feed":
-        add_options(parser, FEED_OPTIONS, Settings(port=FEED_PORT))
+        add_options(parser, FEED_OPTIONS, Settings(port=FEED_PORT, broker=""))  # it needs a redis:// one
     else:
         add_options(parser)
     return parser

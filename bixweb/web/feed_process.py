@@ -27,7 +27,7 @@ from bixweb.brokers.link import redacted
 from bixweb.brokers.redis import RedisBroker
 from bixweb.config import Settings
 from bixweb.desk import Desk
-from bixweb.feeds import open_feed, upstream_connected
+from bixweb.feeds import Feed, open_feed, upstream_connected
 from bixweb.limits import ConnectionLimits
 from bixweb.market import Market
 from bixweb.mirror import seed_of
@@ -104,13 +104,9 @@ def create_probe_app(vitals: FeedVitals) -> web.Application:
     return app
 
 
-async def run_feed_process(settings: Settings) -> None:
-    """``bixweb feed --broker redis://…``: until SIGINT or SIGTERM."""
-    check_listenable(settings.host, settings.port)
-    stop = asyncio.Event()  # a signal during start-up ends the process once it is up, cleanly
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+def owned_market(settings: Settings) -> tuple[Feed, Market, RedisBroker, Desk]:
+    """The feed, the market it moves, the broker that publishes it (and keeps the desk's state),
+    and the alert desk on its store in the data directory."""
     feed = open_feed(
         settings.feed,
         symbols=settings.symbols,
@@ -135,6 +131,17 @@ async def run_feed_process(settings: Settings) -> None:
     desk = Desk(SQLiteStore(Path(settings.data_dir) / STORE_FILE), settings.symbols)
     broker.desk = desk  # its state is kept in Redis; web processes forward their requests to it
     desk.listeners.append(broker.desk_changed)
+    return feed, market, broker, desk
+
+
+async def run_feed_process(settings: Settings) -> None:
+    """``bixweb feed --broker redis://…``: until SIGINT or SIGTERM."""
+    check_listenable(settings.host, settings.port)
+    stop = asyncio.Event()  # a signal during start-up ends the process once it is up, cleanly
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    feed, market, broker, desk = owned_market(settings)
     vitals = FeedVitals(
         settings,
         market,
