@@ -1,23 +1,21 @@
 """Settings, read once at start-up from command-line flags and ``BIXWEB_*`` variables.
 
 A flag wins over its variable, which wins over the default. Every option
-is listed by ``python -m bixweb --help`` with its variable's name.
+is listed by ``bixweb serve --help`` (in groups) with its variable's name.
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, NoReturn
 
+import platformdirs
+
+from bixweb import values
 from bixweb.errors import ConfigError
 from bixweb.feeds.simulated import DEFAULT_SYMBOLS
-
-LOG_LEVELS = ("debug", "info", "warning", "error")
-LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,195 +63,201 @@ class Settings:
     shutdown_timeout: float = 5.0
     log_format: str = "text"
     broker: str = "memory://"
-    data_dir: str = "data"
-    """Where alert rules, alert history and annotations are kept (created on first start)."""
-
-
-def _symbols(text: str) -> tuple[str, ...]:
-    symbols = tuple(dict.fromkeys(s.strip().upper() for s in text.split(",") if s.strip()))
-    if not symbols:
-        raise ValueError("no symbols given")
-    return symbols
-
-
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if value <= 0:
-            raise ValueError(f"{text} is not above 0")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise ValueError(f"{text} is not a port (0-65535; 0 picks a free one)")
-    return value
-
-
-def _level(text: str) -> str:
-    if text.lower() not in LOG_LEVELS:
-        raise ValueError(f"{text} is not one of {', '.join(LOG_LEVELS)}")
-    return text.lower()
-
-
-def _at_least_zero(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(f"{text} is below 0")
-    return value
-
-
-def _words(text: str) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
-
-
-def _networks(text: str) -> tuple[str, ...]:
-    """Comma-separated addresses or CIDR networks, checked here, kept as text."""
-    networks = _words(text)
-    for network in networks:
-        ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
-    return networks
-
-
-def _origins(text: str) -> tuple[str, ...]:
-    origins = tuple(o.rstrip("/").lower() for o in _words(text))
-    for origin in origins:
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
-            raise ValueError(f"{origin} is not an origin like https://example.com or http://host:8080")
-    return origins
-
-
-def _log_format(text: str) -> str:
-    if text.lower() not in LOG_FORMATS:
-        raise ValueError(f"{text} is not one of {', '.join(LOG_FORMATS)}")
-    return text.lower()
-
-
-def _broker(text: str) -> str:
-    if urlsplit(text).scheme not in ("memory", "redis", "rediss", "unix"):
-        raise ValueError(f"{text} is not memory:// or redis://host:port/db")
-    return text
-
-
-def _flag(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"{text} is not a yes/no value")
+    data_dir: str = platformdirs.user_data_dir("bixweb")
+    """Where alert rules, alert history and annotations are kept (created on first start): the
+    platform's per-user data directory unless told; ``make run`` gives a checkout's ``./data``."""
 
 
 # name -> (parser, help). The order is the order of --help.
 OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
-    "host": (str, "address to listen on"),
-    "port": (_port, "port to listen on; 0 picks a free one (the log says which)"),
-    "feed": (str, "market-data source: simulated://, binance://, replay://FILE?speed=N (docs/feeds.md)"),
-    "symbols": (_symbols, "comma-separated symbols to carry"),
-    "tick_rate": (_positive(float), "simulated market ticks per second"),
-    "seed": (int, "seed of the simulated market (same seed, same market)"),
-    "log_level": (_level, "debug, info, warning or error"),
-    "book_depth": (_positive(int), "order-book levels per side"),
-    "history_points": (_positive(int), "candles per interval kept for snapshots and charts"),
-    "trade_history": (_positive(int), "recent trades kept per symbol for snapshots"),
-    "replay_depth": (_positive(int), "trade messages kept per symbol for clients that resume"),
-    "heartbeat": (_positive(float), "seconds between WebSocket pings; a peer that does not answer is closed"),
-    "status_interval": (_positive(float), "seconds between status messages"),
-    "stale_after": (_positive(float), "seconds without feed events before the feed counts as stale"),
-    "max_message_bytes": (_positive(int), "largest client frame; larger closes the socket with 1009"),
-    "max_messages_per_s": (_positive(float), "client messages per second allowed on average (burst: twice that)"),
-    "max_subscriptions": (_positive(int), "streams (channel x symbol) per connection"),
+    "host": (values.plain, "address to listen on"),
+    "port": (values.port_number, "port to listen on; 0 picks a free one (the log says which)"),
+    "feed": (values.feed_url, "market-data source: simulated://, binance://, replay://FILE?speed=N (docs/feeds.md)"),
+    "symbols": (values.symbols, "comma-separated symbols to carry"),
+    "tick_rate": (values.positive_number, "simulated market ticks per second"),
+    "seed": (values.whole, "seed of the simulated market (same seed, same market)"),
+    "log_level": (values.log_level, "debug, info, warning or error"),
+    "book_depth": (values.count, "order-book levels per side"),
+    "history_points": (values.count, "candles per interval kept for snapshots and charts"),
+    "trade_history": (values.count, "recent trades kept per symbol for snapshots"),
+    "replay_depth": (values.count, "trade messages kept per symbol for clients that resume"),
+    "heartbeat": (values.seconds, "seconds between WebSocket pings; a peer that does not answer is closed"),
+    "status_interval": (values.seconds, "seconds between status messages"),
+    "stale_after": (values.seconds, "seconds without feed events before the feed counts as stale"),
+    "max_message_bytes": (values.count, "largest client frame; larger closes the socket with 1009"),
+    "max_messages_per_s": (values.positive_number, "client messages per second allowed on average (burst: twice that)"),
+    "max_subscriptions": (values.count, "streams (channel x symbol) per connection"),
     "outbox_messages": (
-        _positive(int),
+        values.count,
         "trades and replies queued for a client before it is closed as a slow consumer (4008)",
     ),
-    "outbox_bytes": (_positive(int), "bytes queued for a client before it is closed as a slow consumer"),
-    "ui_rate": (_positive(float), "dashboard updates per second per fragment (latest wins)"),
-    "watchlist": (_symbols, "comma-separated symbols a new dashboard page watches (default: the first six symbols)"),
-    "strict": (_flag, "validate every outbound message against its schema (slow; for debugging)"),
+    "outbox_bytes": (values.count, "bytes queued for a client before it is closed as a slow consumer"),
+    "ui_rate": (values.positive_number, "dashboard updates per second per fragment (latest wins)"),
+    "watchlist": (
+        values.symbols,
+        "comma-separated symbols a new dashboard page watches (default: the first six symbols)",
+    ),
+    "strict": (values.switch, "validate every outbound message against its schema (slow; for debugging)"),
     "trusted_proxies": (
-        _networks,
+        values.networks,
         "comma-separated proxy addresses or networks whose X-Forwarded-For and X-Forwarded-Proto "
         "are believed (client address for limits and logs; https for the page's wss:// socket)",
     ),
     "allowed_origins": (
-        _origins,
+        values.origins,
         "comma-separated origins (https://example.com) whose pages may open the dashboard socket "
         "(default: the host the page was served from)",
     ),
     "tokens": (
-        _words,
+        values.words,
         "comma-separated bearer tokens the bot socket accepts; prefer the variable or "
         "--token-file, since flags show in ps",
     ),
-    "token_file": (str, "file of bearer tokens for the bot socket, one per line (# comments allowed)"),
+    "token_file": (values.plain, "file of bearer tokens for the bot socket, one per line (# comments allowed)"),
     "open_bots": (
-        _flag,
+        values.switch,
         "serve the bot socket to any address without a token (default: loopback only unless tokens are configured)",
     ),
     "max_connections": (
-        _at_least_zero,
+        values.at_least_zero,
         "open connections in total (HTTP and WebSocket); more are refused with "
         "HTTP 503 (0: no limit; never more than the open-files limit allows)",
     ),
     "max_connections_per_client": (
-        _at_least_zero,
+        values.at_least_zero,
         "open connections per client address; more are refused with HTTP 429 (0: no limit)",
     ),
     "header_timeout": (
-        _positive(float),
+        values.seconds,
         "seconds a new connection has to send a complete request head before it is closed (slow or silent clients)",
     ),
     "keepalive_timeout": (
-        _positive(float),
+        values.seconds,
         "seconds an HTTP connection may stay idle between requests (keep it above a proxy's upstream keep-alive)",
     ),
-    "bot_compression": (_flag, "offer permessage-deflate on the bot socket (costs CPU per client)"),
-    "ui_compression": (_flag, "offer permessage-deflate on the dashboard socket (see docs/deployment.md: BREACH)"),
-    "shutdown_timeout": (_positive(float), "seconds a SIGTERM/SIGINT shutdown may take before sockets are dropped"),
-    "log_format": (_log_format, "text (key=value lines) or json (one object per line)"),
-    "broker": (_broker, "memory:// (one process) or redis://host:port/db (a feed process and web processes)"),
+    "bot_compression": (values.switch, "offer permessage-deflate on the bot socket (costs CPU per client)"),
+    "ui_compression": (
+        values.switch,
+        "offer permessage-deflate on the dashboard socket (see docs/deployment.md: BREACH)",
+    ),
+    "shutdown_timeout": (values.seconds, "seconds a SIGTERM/SIGINT shutdown may take before sockets are dropped"),
+    "log_format": (values.log_format, "text (key=value lines) or json (one object per line)"),
+    "broker": (values.broker_url, "memory:// (one process) or redis://host:port/db (a feed process and web processes)"),
     "data_dir": (
-        str,
-        "directory of the SQLite file that keeps alert rules, alert history and annotations (created on first start)",
+        values.directory,
+        "directory of the SQLite file that keeps alert rules, alert history and annotations (created on first "
+        "start; a relative path is taken from the working directory)",
     ),
 }
-FLAGS = frozenset(name for name, (parse, _) in OPTIONS.items() if parse is _flag)
+FLAGS = frozenset(name for name, (parse, _) in OPTIONS.items() if parse is values.switch)
 """Options that are switches: ``--strict`` alone means on."""
 assert list(OPTIONS) == [f.name for f in fields(Settings)]
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (not the usage of forty options) and status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} ({self.prog} --help lists the options)\n")
 
 
 def env_name(option: str) -> str:
     return "BIXWEB_" + option.upper()
 
 
-def add_options(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per setting; defaults stay unset so the environment can fill them."""
-    defaults = Settings()
-    for name, (_, help_text) in OPTIONS.items():
-        flag = "--" + name.replace("_", "-")
-        default = getattr(defaults, name)
-        shown = ",".join(default) if isinstance(default, tuple) else default
-        if name in FLAGS:
-            parser.add_argument(
-                flag, action="store_const", const="true", default=None, help=f"{help_text} [env {env_name(name)}]"
-            )
+GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "listen": (
+        "where the server listens and what its sockets send",
+        (
+            "host",
+            "port",
+            "heartbeat",
+            "status_interval",
+            "ui_rate",
+            "watchlist",
+            "bot_compression",
+            "ui_compression",
+            "strict",
+            "shutdown_timeout",
+        ),
+    ),
+    "feed": (
+        "where the market comes from and how it reaches the web processes",
+        (
+            "feed",
+            "symbols",
+            "tick_rate",
+            "seed",
+            "book_depth",
+            "history_points",
+            "trade_history",
+            "replay_depth",
+            "stale_after",
+            "broker",
+        ),
+    ),
+    "limits": (
+        "what one client or all of them may cost",
+        (
+            "max_message_bytes",
+            "max_messages_per_s",
+            "max_subscriptions",
+            "outbox_messages",
+            "outbox_bytes",
+            "max_connections",
+            "max_connections_per_client",
+            "header_timeout",
+            "keepalive_timeout",
+        ),
+    ),
+    "access": (
+        "who may connect",
+        ("trusted_proxies", "allowed_origins", "tokens", "token_file", "open_bots"),
+    ),
+    "storage": ("where alert rules, alert history and annotations are kept", ("data_dir",)),
+    "logging": ("what the log says and how", ("log_level", "log_format")),
+}
+"""The option groups of ``--help``: name → (title, options). Every option is in exactly one."""
+assert sorted(n for _, names in GROUPS.values() for n in names) == sorted(OPTIONS)
+
+
+def add_options(
+    parser: argparse.ArgumentParser, names: Collection[str] | None = None, defaults: Settings | None = None
+) -> None:
+    """Add one flag per setting (those in ``names``, or all), in their groups, with the
+    ``defaults`` their help shows; the parsed values stay unset so the environment can fill them."""
+    defaults = defaults or Settings()
+    for group_name, (title, members) in GROUPS.items():
+        chosen = [name for name in members if names is None or name in names]
+        if not chosen:
             continue
-        default_text = f" (default: {shown})" if shown != "" else ""
-        parser.add_argument(
-            flag, metavar=name.upper(), default=None, help=f"{help_text}{default_text} [env {env_name(name)}]"
-        )
+        group = parser.add_argument_group(group_name, title)
+        for name in chosen:
+            help_text = OPTIONS[name][1]
+            flag = "--" + name.replace("_", "-")
+            default = getattr(defaults, name)
+            shown = ",".join(default) if isinstance(default, tuple) else default
+            if name in FLAGS:
+                group.add_argument(
+                    flag, action="store_const", const="true", default=None, help=f"{help_text} [env {env_name(name)}]"
+                )
+                continue
+            default_text = f" (default: {shown})" if shown != "" else ""
+            group.add_argument(
+                flag, metavar=name.upper(), default=None, help=f"{help_text}{default_text} [env {env_name(name)}]"
+            )
 
 
-def settings_from(args: argparse.Namespace | Mapping[str, Any], environ: Mapping[str, str]) -> Settings:
-    """Settings from parsed flags (strings or None) over ``BIXWEB_*`` variables."""
+def settings_from(
+    args: argparse.Namespace | Mapping[str, Any], environ: Mapping[str, str], names: Collection[str] | None = None
+) -> Settings:
+    """Settings from parsed flags (strings or None) over ``BIXWEB_*`` variables; only the options
+    in ``names`` (the ones a command uses) are read, the rest keep their defaults."""
     given = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
     values: dict[str, Any] = {}
     for name, (parse, _) in OPTIONS.items():
+        if names is not None and name not in names:
+            continue
         raw = given.get(name)
         source = "--" + name.replace("_", "-")
         if raw is None:

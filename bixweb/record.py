@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from bixweb.config import Settings, settings_from
+from bixweb.config import CommandParser, add_options, settings_from
 from bixweb.errors import BixwebError, ConfigError
 from bixweb.feeds import Feed, open_feed
 from bixweb.feeds.progress import TerminalProgress, terminal_progress
@@ -123,29 +123,24 @@ async def record(
     return summary
 
 
+RECORD_OPTIONS: Final = frozenset({"feed", "symbols", "seed", "tick_rate", "book_depth", "log_level", "log_format"})
+"""The server options a recording reads (and their ``BIXWEB_*`` variables)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    defaults = Settings()
-    parser = argparse.ArgumentParser(
-        prog="python -m bixweb record",
+    parser = CommandParser(
+        prog="bixweb record",
         description="Record a feed's normalized events as JSON lines, to play back with --feed replay://FILE. "
+        "--feed 'simulated://?speed=max' records simulated market time without waiting. "
         "Options also come from their BIXWEB_* variables, as for the server.",
     )
-    parser.add_argument("--out", required=True, metavar="FILE", help="file to write (gzip if it ends in .gz)")
-    parser.add_argument(
-        "--feed",
-        help=f"feed to record (default: {defaults.feed}; "
-        "simulated://?speed=max records simulated market time without waiting)",
-    )
-    parser.add_argument(
+    recording = parser.add_argument_group("recording", "what is written, and for how long")
+    recording.add_argument("--out", required=True, metavar="FILE", help="file to write (gzip if it ends in .gz)")
+    recording.add_argument(
         "--duration", type=float, metavar="S", help="seconds of market time to record (default: until Ctrl-C)"
     )
-    parser.add_argument("--symbols", help="comma-separated symbols (default: the server's)")
-    parser.add_argument("--seed", help=f"seed of the simulated market (default: {defaults.seed})")
-    parser.add_argument("--tick-rate", help=f"simulated ticks per second (default: {defaults.tick_rate:g})")
-    parser.add_argument("--book-depth", help=f"order-book levels per side (default: {defaults.book_depth})")
-    parser.add_argument("--gzip", action="store_true", help="compress even if FILE does not end in .gz")
-    parser.add_argument("--log-level", help="debug, info, warning or error (default: info)")
-    parser.add_argument("--log-format", help="text or json (default: text)")
+    recording.add_argument("--gzip", action="store_true", help="compress even if FILE does not end in .gz")
+    add_options(parser, RECORD_OPTIONS)
     return parser
 
 
@@ -153,18 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out)
     try:
-        settings = settings_from(
-            {
-                "feed": args.feed,
-                "symbols": args.symbols,
-                "seed": args.seed,
-                "tick_rate": args.tick_rate,
-                "book_depth": args.book_depth,
-                "log_level": args.log_level,
-                "log_format": args.log_format,
-            },
-            os.environ,
-        )
+        settings = settings_from(args, os.environ, RECORD_OPTIONS)
         if args.duration is not None and not args.duration > 0:
             raise ConfigError("--duration: not above 0 seconds")
         configure_logging(settings.log_level, settings.log_format)

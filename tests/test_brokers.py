@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ import websockets
 from bixweb.brokers import Publication, decode_publication, encode_publication, open_broker
 from bixweb.errors import BrokerError, ConfigError
 from tests.redis_server import RedisServer
-from tests.support import ROOT, ServerProcess, assert_valid, unwrap
+from tests.support import LISTENING, ROOT, ServerProcess, assert_valid, unwrap
 
 Start = Callable[..., ServerProcess]
 SYMBOLS = "BTCUSDT,ETHUSDT,SOLUSDT"
@@ -55,6 +56,11 @@ class FeedProcess:
     """``python -m bixweb feed --broker …`` until stopped; its log is kept."""
 
     def __init__(self, *args: str) -> None:
+        if "--port" not in args:  # its probes on a free port, not the default 8079
+            args = ("--port", "0", *args)
+        if "--data-dir" not in args:  # a store of its own, not the user's
+            args = (*args, "--data-dir", tempfile.mkdtemp(prefix="bixweb-feed-"))
+        self.port = 0
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bixweb", "feed", *args],
             cwd=ROOT,
@@ -73,6 +79,9 @@ class FeedProcess:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.output += line
+            probes = LISTENING.search(line)
+            if probes:
+                self.port = int(probes.group(1))
             if b"wrote the market state" in line:
                 self._seen.set()
 
@@ -152,9 +161,9 @@ async def test_two_web_processes_send_identical_streams_and_serve_dashboards(
 async def test_redis_away_for_5s_clients_stay_see_down_then_catch_up_without_losing_a_trade(
     redis_server: RedisServer, feed_process: Callable[..., FeedProcess], server_process: Start
 ) -> None:
-    common = ("--broker", redis_server.url, "--symbols", SYMBOLS, "--status-interval", "0.5")
+    common = ("--broker", redis_server.url, "--symbols", SYMBOLS)
     feed_process(*common, "--tick-rate", "20")
-    web = server_process(*common)
+    web = server_process(*common, "--status-interval", "0.5")  # a web process's option: the feed has none
     trades: dict[str, list[int]] = {}
     feeds: list[str] = []
     async with websockets.connect(f"ws://127.0.0.1:{web.port}/ws?symbols=BTCUSDT,ETHUSDT&channels=trades") as ws:

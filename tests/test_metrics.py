@@ -74,21 +74,28 @@ async def test_metrics_parse_and_their_counters_move_with_traffic(aiohttp_client
         await socket.close()
 
 
-async def test_healthz_tells_liveness_and_the_feed_state(aiohttp_client: Factory) -> None:
+async def test_readyz_tells_the_feed_state_and_healthz_is_its_old_name(aiohttp_client: Factory) -> None:
     feed = PausingFeed(("BTCUSDT",))
     app = create_app(fast_settings(symbols=("BTCUSDT",), stale_after=0.3), feed=feed)
     client: TestClient[Any, Any] = await aiohttp_client(app)
     await asyncio.sleep(0.2)
-    response = await client.get("/healthz")
-    body = await response.json()
-    assert response.status == 200
-    assert (body["status"], body["feed"]) == ("ok", "live")
-    assert body["connections"] == {"bot": 0, "ui": 0} and body["epoch"] == app[SERVICE].market.epoch
+    for path in ("/readyz", "/healthz"):
+        response = await client.get(path)
+        body = await response.json()
+        assert response.status == 200
+        assert (body["status"], body["feed"], body["reasons"]) == ("ok", "live", [])
+        assert body["connections"] == {"bot": 0, "ui": 0} and body["epoch"] == app[SERVICE].market.epoch
     feed.pause()
     await asyncio.sleep(0.6)
-    response = await client.get("/healthz")
-    assert response.status == 200  # alive, with a stale feed
-    assert (await response.json())["status"] == "degraded"
+    for path in ("/readyz", "/healthz"):
+        response = await client.get(path)
+        assert response.status == 200  # ready, with a stale feed (a quiet market is no reason to leave)
+        body = await response.json()
+        assert body["status"] == "degraded" and [r["code"] for r in body["reasons"]] == ["feed_stale"]
     app[SERVICE].feed_down = True
-    response = await client.get("/healthz")
-    assert response.status == 503 and json.loads(await response.text())["feed"] == "down"
+    for path in ("/readyz", "/healthz"):
+        response = await client.get(path)
+        body = json.loads(await response.text())
+        assert response.status == 503 and body["feed"] == "down"
+        assert [r["code"] for r in body["reasons"]] == ["feed_down"]
+    assert (await client.get("/livez")).status == 200  # alive all the same

@@ -55,7 +55,7 @@ def test_help_lists_every_option_with_its_variable() -> None:
     from bixweb.config import OPTIONS, env_name
 
     out = subprocess.run(
-        [sys.executable, "-m", "bixweb", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "bixweb", "serve", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     for name in OPTIONS:
         assert "--" + name.replace("_", "-") in out, name
@@ -129,7 +129,11 @@ async def test_json_logs_one_line_per_event_never_tokens_or_message_contents(ser
 def test_start_up_says_who_may_use_the_bot_socket(server_process: Start) -> None:
     server = server_process()
     server.stop()
-    assert b"serves loopback clients only" in server.output
+    assert b"INFO bixweb.app bot socket /ws: no tokens configured, so it serves loopback clients only" in server.output
+    assert b"WARNING" not in server.output  # the intended default is said, not warned of
+    opened = server_process("--open-bots")
+    opened.stop()
+    assert b"WARNING bixweb.app bot socket /ws: open to every address without a token" in opened.output
 
 
 async def test_shutdown_is_bounded_even_with_a_client_that_never_reads(server_process: Start) -> None:

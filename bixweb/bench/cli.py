@@ -20,6 +20,7 @@ from bixweb.bench.options import COMPRESSION, QUICK, BenchError, BenchOptions, S
 from bixweb.bench.plot import sweep_svg, write_svg
 from bixweb.bench.report import Display, format_result, format_sweep
 from bixweb.bench.runner import run_once
+from bixweb.config import CommandParser
 
 DEFAULTS = BenchOptions()
 
@@ -72,17 +73,18 @@ FLAGS: dict[str, tuple[Callable[[str], Any], str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m bixweb bench",
+    parser = CommandParser(
+        prog="bixweb bench",
         description="Load a bixweb server with N raw WebSocket clients and measure delivered messages/s, "
         "latency (server ts to receipt), connection set-up rate, server CPU and memory. "
         "Starts its own server unless --url is given.",
     )
+    load = parser.add_argument_group("load", "the clients, what they ask for, and for how long")
     for name, (kind, metavar, help_text) in FLAGS.items():
         flag = "--source-addresses" if name == "sources" else "--" + name.replace("_", "-")
         default = getattr(DEFAULTS, name)
         shown = ",".join(default) if isinstance(default, tuple) else default
-        parser.add_argument(
+        load.add_argument(
             flag,
             dest=name,
             type=kind,
@@ -90,34 +92,36 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help=f"{help_text}" + (f" (default: {shown})" if shown != "" else ""),
         )
-    parser.add_argument(
+    server = parser.add_argument_group("server", "the server measured: one bench starts, or one running")
+    server.add_argument(
         "--url", metavar="WS_URL", help="load a running server at ws://HOST:PORT/PATH instead of starting one"
     )
-    parser.add_argument(
+    server.add_argument(
         "--server-pid",
         type=int,
         metavar="PID",
         help="with --url: the server's process id, to read its CPU and memory from /proc",
     )
-    parser.add_argument(
+    server.add_argument(
         "--server-args",
         metavar="ARGS",
         default="",
         help='extra options for the started server, one quoted string (e.g. "--outbox-messages 64")',
     )
-    parser.add_argument(
+    server.add_argument(
         "--server-log", metavar="FILE", help="keep the started server's log in FILE (default: a temporary file)"
     )
-    parser.add_argument(
+    server.add_argument(
         "--no-pin", dest="pin", action="store_false", help="do not pin the server and the load to different cores"
     )
-    parser.add_argument(
+    runs = parser.add_argument_group("runs", "one run, a sweep, the compression study or a smoke test")
+    runs.add_argument(
         "--sweep",
         type=_sweep,
         metavar="NAME=V1,V2,...",
         help="run once per value of clients, ui-clients, stalled, symbols or rate",
     )
-    parser.add_argument(
+    runs.add_argument(
         "--compression",
         action="store_true",
         help="measure what permessage-deflate saves on the bot socket (the started server gets "
@@ -125,14 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
         "deflating bot side by side; then the server CPU of --clients (default 100) deflating "
         "bots against as many plain ones (0: skip)",
     )
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write the full result as JSON to FILE")
-    parser.add_argument(
+    output = parser.add_argument_group("output", "where the results go besides the table on stdout")
+    output.add_argument("--json", type=Path, metavar="FILE", help="write the full result as JSON to FILE")
+    output.add_argument(
         "--plot",
         type=Path,
         metavar="FILE.svg",
         help="with --sweep: plot throughput and latency against the swept value to an SVG",
     )
-    parser.add_argument(
+    runs.add_argument(
         "--quick",
         action="store_true",
         help=f"tiny preset for a smoke test: {', '.join(f'{k}={v:g}' for k, v in QUICK.items())}",

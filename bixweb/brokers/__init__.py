@@ -102,6 +102,10 @@ class Subscriber(Protocol):
 class Broker(Protocol):
     url: str
 
+    @property
+    def problem(self) -> str:
+        """Why the link to the broker is not up, for ``/readyz`` (empty while it is, and for ``memory://``)."""
+
     def publish(self, outgoing: Sequence[Outgoing]) -> None:
         """Owner side: one flush window of the market's messages. Never waits."""
 

@@ -16,6 +16,9 @@ class MemoryBroker:
         self.url = url
         self._subscribers: list[Subscriber] = []
 
+    problem = ""
+    """Nothing to link to: never a problem."""
+
     def publish(self, outgoing: Sequence[Outgoing]) -> None:
         for subscriber in self._subscribers:
             subscriber.on_local(outgoing)

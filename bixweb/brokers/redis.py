@@ -13,10 +13,7 @@ not the next number (lost in an outage, or a Redis restart) or of another
 epoch makes the follower read the state again; the subscriber learns what
 its clients missed from :meth:`bixweb.mirror.Mirror.load`.
 
-Keys (``prefix`` defaults to ``bixweb``): ``{prefix}:seed`` (hash: epoch,
-published), ``{prefix}:latest`` (hash: stream → message),
-``{prefix}:recent:{stream}`` and ``{prefix}:closed:{stream}`` (lists), and the
-channel ``{prefix}:publications``.
+The keys and how the state is written and read: :mod:`bixweb.brokers.redis_state`.
 """
 
 from __future__ import annotations
@@ -36,18 +33,16 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from bixweb import protocol
-from bixweb.brokers import Publication, Subscriber, decode_publication, encode_publication
+from bixweb.brokers import Publication, Subscriber, decode_publication
+from bixweb.brokers.link import LinkLog, redacted
+from bixweb.brokers.redis_state import Layout
 from bixweb.desk import Desk
 from bixweb.errors import BrokerError
 from bixweb.market import Message, Outgoing
 from bixweb.mirror import Seed
-from bixweb.model import CHANNELS, REPLAYED, stream_key
 from bixweb.retry import backoff
 
 log = logging.getLogger("bixweb.broker")
-
-RedisKey = bytes | bytearray | memoryview | str | int | float
-RedisValue = bytes | bytearray | memoryview | str | int | float
 
 QUEUED_PUBLICATIONS = 10_000
 """Publications held while Redis is away; older ones are dropped (followers then reload the state)."""
@@ -71,18 +66,19 @@ class RedisBroker:
         prefix: str = "bixweb",
     ) -> None:
         self.url = url
-        self.symbols = list(symbols)
+        self.shown = redacted(url)
+        """The URL without its password: what logs and probes show."""
         self.seed_source = seed
         """Owner side: the whole state now (the market's), to write after a lost link."""
-        self.history_points = history_points
-        self.replay_depth = replay_depth
         self.prefix = prefix
+        self.layout = Layout(prefix, tuple(symbols), history_points=history_points, replay_depth=replay_depth)
         self.channel = f"{prefix}:publications"
         self.desk_channel = f"{prefix}:desk:changes"
         self.requests_key = f"{prefix}:desk:requests"
         self.published = 0
         """Owner side: publications made so far in this epoch."""
         self.up = False
+        self._link = LinkLog()
         self.desk: Desk | None = None
         """Owner side: the alert desk whose state is kept in Redis and whose requests come through it."""
         self._desk_changes: list[str] = []
@@ -109,6 +105,11 @@ class RedisBroker:
         parts = tuple((item.stream, protocol.encode(item.message), item.conflate) for item in outgoing)
         self._queue.append(Publication(epoch, self.published, parts))
         self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        """Owner side: publications waiting to be written (while Redis is away, up to :data:`QUEUED_PUBLICATIONS`)."""
+        return len(self._queue)
 
     def state_changed(self) -> None:
         self._reseed = True
@@ -155,56 +156,19 @@ class RedisBroker:
                 self._set_up(False, exc)
                 await asyncio.sleep(next(delays))
             except Exception as exc:  # a bug must not end the publishing: write the state again
-                log.exception("publishing to %s failed; writing the state again", self.url)
+                log.exception("publishing to %s failed; writing the state again", self.shown)
                 self._set_up(False, exc)
                 await asyncio.sleep(next(delays))
             finally:
                 await client.aclose()
 
     async def _write_seed(self, client: Redis, seed: Seed) -> None:
-        requests = f"{self.prefix}:desk:"  # requests and replies in flight are not state: keep them
-        stale = [
-            key async for key in client.scan_iter(match=f"{self.prefix}:*") if not key.decode().startswith(requests)
-        ]
-        async with client.pipeline(transaction=True) as pipe:
-            if stale:
-                pipe.delete(*stale)
-            if seed.latest:
-                mapping: dict[RedisKey, RedisValue] = {stream: data for stream, data in seed.latest.items()}
-                pipe.hset(f"{self.prefix}:latest", mapping=mapping)
-            for stream, messages in seed.recent.items():
-                if messages:
-                    pipe.rpush(f"{self.prefix}:recent:{stream}", *messages)
-            for stream, candles in seed.closed.items():
-                if candles:
-                    pipe.rpush(f"{self.prefix}:closed:{stream}", *candles)
-            pipe.hset(f"{self.prefix}:seed", mapping={"epoch": seed.epoch, "published": seed.published})
-            if self.desk is not None:
-                pipe.set(f"{self.prefix}:desk", self.desk.state())
-                pipe.publish(self.desk_channel, "all")
-            await pipe.execute()
-        log.info("wrote the market state to %s (epoch %d, publication %d)", self.url, seed.epoch, seed.published)
+        desk_state = self.desk.state() if self.desk is not None else None
+        await self.layout.write_seed(client, seed, desk_state=desk_state, desk_channel=self.desk_channel)
+        log.info("wrote the market state to %s (epoch %d, publication %d)", self.shown, seed.epoch, seed.published)
 
     async def _write_publication(self, client: Redis, publication: Publication) -> None:
-        prefix = self.prefix
-        async with client.pipeline(transaction=True) as pipe:
-            latest: dict[RedisKey, RedisValue] = {}
-            for stream, data, conflate in publication.parts:
-                if stream.partition(":")[0] in REPLAYED:
-                    key = f"{prefix}:recent:{stream}"
-                    pipe.rpush(key, data)
-                    pipe.ltrim(key, -self.replay_depth, -1)
-                    continue
-                latest[stream] = data
-                if not conflate and stream.startswith("candles_"):  # a closed candle
-                    key = f"{prefix}:closed:{stream}"
-                    pipe.rpush(key, data)
-                    pipe.ltrim(key, -self.history_points, -1)
-            if latest:
-                pipe.hset(f"{prefix}:latest", mapping=latest)
-            pipe.hset(f"{prefix}:seed", mapping={"epoch": publication.epoch, "published": publication.number})
-            pipe.publish(self.channel, encode_publication(publication))
-            await pipe.execute()
+        await self.layout.write_publication(client, publication, channel=self.channel)
 
     async def _answer_forever(self) -> None:
         """Owner side: carry out the desk requests web processes forward (one at a time, in order)."""
@@ -263,35 +227,7 @@ class RedisBroker:
 
     async def read_seed(self, client: Redis) -> Seed | None:
         """The owner's state, read in one MULTI so it is one moment's; None before any owner wrote one."""
-        prefix = self.prefix
-        lists = [
-            stream_key(channel, symbol)
-            for symbol in self.symbols
-            for channel in CHANNELS
-            if channel in REPLAYED or channel.startswith("candles_")
-        ]
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.hgetall(f"{prefix}:seed")
-            pipe.hgetall(f"{prefix}:latest")
-            for stream in lists:
-                kind = "recent" if stream.partition(":")[0] in REPLAYED else "closed"
-                pipe.lrange(f"{prefix}:{kind}:{stream}", 0, -1)
-            replies: list[Any] = await pipe.execute()
-        head, latest, *ranges = replies
-        if not head:
-            return None
-        recent: dict[str, list[bytes]] = {}
-        closed: dict[str, list[bytes]] = {}
-        for stream, items in zip(lists, ranges, strict=True):
-            if items:
-                (recent if stream.partition(":")[0] in REPLAYED else closed)[stream] = list(items)
-        return Seed(
-            epoch=int(head[b"epoch"]),
-            published=int(head[b"published"]),
-            latest={key.decode(): value for key, value in latest.items()},
-            recent=recent,
-            closed=closed,
-        )
+        return await self.layout.read_seed(client)
 
     async def _follow_forever(self) -> None:
         delays = backoff(RETRY_INITIAL, RETRY_MAX)
@@ -300,6 +236,7 @@ class RedisBroker:
             pubsub = client.pubsub()
             try:
                 await pubsub.subscribe(self.channel, self.desk_channel)
+                await self._confirmed(pubsub)
                 seed = await self.read_seed(client)
                 if seed is not None:
                     self._seed(seed)
@@ -326,12 +263,7 @@ class RedisBroker:
                             self._number = publication.number
                             self._deliver(publication)
                             continue
-                    log.warning(
-                        "publication %d of epoch %d does not follow %d: reading the state again",
-                        publication.number,
-                        publication.epoch,
-                        self._number,
-                    )
+                    self._log_reload(seed, publication)
                     seed = await self.read_seed(client)
                     if seed is not None:
                         self._seed(seed)
@@ -342,7 +274,7 @@ class RedisBroker:
                 self._set_up(False, exc)
                 await asyncio.sleep(next(delays))
             except Exception as exc:  # a bug must not end the following: start over from the state
-                log.exception("following %s failed; reading the state again", self.url)
+                log.exception("following %s failed; reading the state again", self.shown)
                 self._set_up(False, exc)
                 await asyncio.sleep(next(delays))
             finally:
@@ -350,6 +282,33 @@ class RedisBroker:
                 await client.aclose()
 
     _number = 0
+
+    async def _confirmed(self, pubsub: Any) -> None:
+        """Wait until Redis confirms both subscriptions. ``subscribe`` only sends the command: a
+        state read on the other connection could be answered first, and a publication made
+        between the two would be in neither (the follower then saw a gap on every start)."""
+        confirmed = 0
+        async with asyncio.timeout(REQUEST_TIMEOUT_S):  # TimeoutError is an OSError: the link is retried
+            while confirmed < 2:
+                message = await pubsub.get_message(timeout=HEALTH_CHECK_S)
+                if message is not None and message.get("type") == "subscribe":
+                    confirmed += 1
+
+    def _log_reload(self, seed: Seed | None, publication: Publication) -> None:
+        """Why the state is read again: a feed process that began (or began anew) is news; lost
+        publications within one epoch are trouble."""
+        if seed is None:
+            log.info("the feed process began publishing (epoch %d): reading its state", publication.epoch)
+        elif publication.epoch != seed.epoch:
+            log.info("a new epoch %d (the feed process restarted): reading its state", publication.epoch)
+        else:
+            log.warning(
+                "publication %d of epoch %d does not follow %d: %d lost; reading the state again",
+                publication.number,
+                publication.epoch,
+                self._number,
+                publication.number - self._number - 1,
+            )
 
     async def _desk_state(self, client: Redis, change: str | None) -> None:
         state = await client.get(f"{self.prefix}:desk")
@@ -371,16 +330,46 @@ class RedisBroker:
             subscriber.on_publication(publication.parts, messages)
 
     def _set_up(self, up: bool, error: BaseException | None = None) -> None:
-        if up != self.up:
-            if up:
-                log.info("linked to %s", self.url)
+        """Tell the subscribers of a change; log it: a WARNING at once for a lost or unmade link,
+        then one every :data:`~bixweb.brokers.link.LINK_WARNING_INTERVAL` while it lasts."""
+        now = time.monotonic()
+        if up:
+            ended = self._link.linked(now)
+            if ended is not None:
+                log.info("linked to %s after %.0f s (%d failed attempts)", self.shown, ended.seconds, ended.failures)
+            elif not self.up:
+                log.info("linked to %s", self.shown)
+        else:
+            outage = self._link.failed(now, f"{type(error).__name__}: {error}" if error else "-")
+            if outage is not None and outage.failures == 1:
+                lost = "lost" if self.up else "cannot reach"
+                log.warning("%s %s (%s); retrying", lost, self.shown, outage.error)
+            elif outage is not None:
+                log.warning(
+                    "still cannot reach %s after %.0f s (%d attempts; last: %s); retrying",
+                    self.shown,
+                    outage.seconds,
+                    outage.failures,
+                    outage.error,
+                )
             else:
-                log.warning("lost %s: %s; reconnecting", self.url, error.__class__.__name__ if error else "-")
+                log.debug("still no %s: %s", self.shown, error)
+        if up != self._told:  # each change, and the first outcome: a link never made is news too
+            self._told = up
             for subscriber in self._subscribers:
                 subscriber.on_link(up)
-        elif not up:
-            log.debug("still no %s: %s", self.url, error)
         self.up = up
+
+    _told: bool | None = None
+
+    @property
+    def problem(self) -> str:
+        """Why the link is not up, for ``/readyz`` (empty while it is)."""
+        if self.up:
+            return ""
+        if not self._link.error:
+            return f"not linked to {self.shown} yet"
+        return f"cannot reach {self.shown}: {self._link.error}"
 
     async def run(self) -> None:
         """Publish if this process owns the market (it has a seed source), else follow."""

@@ -20,6 +20,7 @@ from aiohttp import web
 from bixweb import assets, protocol
 from bixweb.access import Tokens, networks
 from bixweb.brokers import Broker, open_broker
+from bixweb.brokers.link import redacted
 from bixweb.config import Settings
 from bixweb.dashboard import Dashboard, join_fragments
 from bixweb.desk import Desk, DeskReplica
@@ -177,7 +178,9 @@ async def background(app: web.Application) -> AsyncIterator[None]:
             async with asyncio.timeout(FOLLOWER_START_WAIT):
                 await app[FANOUT].seeded.wait()
         except TimeoutError:
-            log.warning("no market state from %s after %g s; serving without it", broker.url, FOLLOWER_START_WAIT)
+            log.warning(
+                "no market state from %s after %g s; serving without it", redacted(broker.url), FOLLOWER_START_WAIT
+            )
     yield
     for task in tasks:
         task.cancel()
@@ -212,8 +215,8 @@ def announce_access(settings: Settings, tokens: Tokens) -> None:
         log.info("bot socket /ws: bearer token required (%d configured)", len(tokens))
     elif settings.open_bots:
         log.warning("bot socket /ws: open to every address without a token (--open-bots)")
-    else:
-        log.warning(
+    else:  # the intended default: said, not warned of
+        log.info(
             "bot socket /ws: no tokens configured, so it serves loopback clients only "
             "(set BIXWEB_TOKENS or --token-file to serve others)"
         )
@@ -283,6 +286,7 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
         trusted_proxies=networks(settings.trusted_proxies),
         desk=desk,
     )
+    service.broker_problem = lambda: broker.problem
     announce_access(settings, tokens)
     # handler_args reach every runner's connections, the tests' too
     app = web.Application(
@@ -291,6 +295,7 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
     )
     count_connections(app, service)
     app[SERVICE] = service
+    app[metrics.VITALS] = service
     if feed is not None:
         owned = feed
         service.upstream = lambda: upstream_connected(owned)
@@ -305,9 +310,12 @@ def create_app(settings: Settings | None = None, *, feed: Feed | None = None) ->
     app.router.add_get("/ws/ui", ui_socket, name="ui_socket")
     app.router.add_get("/vendor/{name:.+}", pages.vendor_file, name="vendor")
     app.router.add_get("/ws", bot_socket, name="bot_socket")
-    app.router.add_get("/healthz", metrics.healthz, name="healthz")
+    app.router.add_get("/livez", metrics.livez, name="livez")
+    app.router.add_get("/readyz", metrics.readyz, name="readyz")
+    app.router.add_get("/healthz", metrics.readyz, name="healthz")  # the old name of /readyz
     app.router.add_get("/metrics", metrics.metrics, name="metrics")
     app.router.add_get("/schemas/", pages.schema_index, name="schemas")
+    app.router.add_get("/schemas", pages.to_schema_index, name="schemas_redirect")
     app.router.add_get("/schemas/{name:.+\\.json}", pages.schema_file, name="schema")
     app.router.add_static("/static/", assets.static_dir(), name="static")
     app.cleanup_ctx.append(background)

@@ -17,7 +17,7 @@ status  code                             when
                                          from anywhere but loopback without a token
 403     ``forbidden_origin``             a socket opened by a page of another origin
 403     ``forbidden_host``               a loopback client asking by a DNS name (rebinding), on any
-                                         path but ``/healthz``
+                                         path but the probes (``/livez``, ``/readyz``, ``/healthz``)
 429     ``too_many_connections``         the client address holds its share of connections
 503     ``server_full``                  every connection the server allows is taken
 426     ``unsupported_version``          a socket handshake of a WebSocket version but 13
@@ -26,7 +26,8 @@ status  code                             when
 
 Connections are counted when accepted (:mod:`bixweb.web.tcp`); the last two
 answer the first request of a connection that found no room, and close it.
-``/healthz`` is answered even then, so a probe learns the server is up and full.
+The probes (``/livez``, ``/readyz``, ``/healthz``) are answered even then, so a probe learns
+the server is up and full.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from aiohttp.web_request import BaseRequest
 
 from bixweb.access import forwarded, is_loopback, local_host, origin_allowed, presented_token, within
 from bixweb.logs import event
-from bixweb.web.service import Service
+from bixweb.web.service import Guarded, Service
 from bixweb.web.tcp import CountedHandler
 
 log = logging.getLogger("bixweb.gate")
@@ -50,7 +51,7 @@ RETRY_AFTER_S = 5
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def guard(service: Service) -> Middleware:
+def guard(service: Guarded) -> Middleware:
     """Middleware before every handler: the client a trusted proxy names, room for the connection, the host.
 
     A trusted proxy's connection is counted, for the length of each request,
@@ -67,7 +68,7 @@ def guard(service: Service) -> Middleware:
         route = request.match_info.route.name
         conn = request.protocol if isinstance(request.protocol, CountedHandler) else None
         refusal, proxy = claim_room(conn, request.remote or "-", service)
-        if refusal is not None and route != "healthz":
+        if refusal is not None and route not in PROBES:
             answer = no_room(request, service, refusal, kind=KINDS.get(route or "", "http"))
             answer.force_close()
             return answer
@@ -76,7 +77,7 @@ def guard(service: Service) -> Middleware:
             return refused
         try:
             response = await handler(request)
-            if refusal is not None:  # /healthz on a connection that found no room: answered, then closed
+            if refusal is not None:  # a probe on a connection that found no room: answered, then closed
                 response.force_close()
             return response
         finally:
@@ -87,7 +88,7 @@ def guard(service: Service) -> Middleware:
     return middleware
 
 
-def claim_room(conn: CountedHandler | None, client: str, service: Service) -> tuple[str | None, str | None]:
+def claim_room(conn: CountedHandler | None, client: str, service: Guarded) -> tuple[str | None, str | None]:
     """A request's head is in: the refusal its connection gets (None: there is room), and, for a
     trusted proxy's connection now counted for ``client``, the proxy to give the count back to."""
     if conn is None:
@@ -105,14 +106,17 @@ def claim_room(conn: CountedHandler | None, client: str, service: Service) -> tu
     return None, proxy
 
 
+PROBES = frozenset({"livez", "readyz", "healthz"})
+"""Routes of the health probes: answered whatever ``Host`` they are asked by, and even on a
+connection the limits had no room for, so a probe learns the server is up and full."""
 KINDS = {"bot_socket": "bot", "ui_socket": "ui"}
 """Route names → the ``kind`` refusals are logged with (``http`` for the rest)."""
-OWN_HOST_RULES = frozenset({"bot_socket", "ui_socket", "healthz"})
+OWN_HOST_RULES = frozenset({"bot_socket", "ui_socket"}) | PROBES
 """Routes :func:`host_access` leaves alone: the sockets check the host themselves (with their
-tokens and origins); ``/healthz`` answers probes however they name the server."""
+tokens and origins); the probes answer however they name the server."""
 
 
-def host_access(request: web.Request, service: Service, route: str | None) -> web.Response | None:
+def host_access(request: web.Request, service: Guarded, route: str | None) -> web.Response | None:
     """A local client must ask by address, as localhost or by an allowed origin's host: a DNS
     name that points at 127.0.0.1 is how a rebound page of another site reads this server."""
     if route in OWN_HOST_RULES or not local_client(request, service):
@@ -129,7 +133,7 @@ def host_access(request: web.Request, service: Service, route: str | None) -> we
     )
 
 
-def no_room(request: web.Request, service: Service, verdict: str, *, kind: str) -> web.Response:
+def no_room(request: web.Request, service: Guarded, verdict: str, *, kind: str) -> web.Response:
     """The answer to a request on a connection the limits had no room for."""
     retry = {"Retry-After": str(RETRY_AFTER_S)}
     if verdict == "client":
@@ -155,7 +159,7 @@ def no_room(request: web.Request, service: Service, verdict: str, *, kind: str) 
 
 def refuse(
     request: web.Request,
-    service: Service,
+    service: Guarded,
     *,
     kind: str,
     status: int,
@@ -229,7 +233,7 @@ def bot_access(request: web.Request, service: Service) -> web.Response | None:
     )
 
 
-def local_client(request: web.Request, service: Service) -> bool:
+def local_client(request: web.Request, service: Guarded) -> bool:
     """The client is on this machine: a loopback peer, and no proxy in between names another client."""
     return (
         is_loopback(request.remote or "")
@@ -238,7 +242,7 @@ def local_client(request: web.Request, service: Service) -> bool:
     )
 
 
-def metrics_access(request: web.Request, service: Service) -> web.Response | None:
+def metrics_access(request: web.Request, service: Guarded) -> web.Response | None:
     """``/metrics``: a local client (no proxy naming another one), or a configured bearer token.
 
     Without ``--trusted-proxies`` a proxy on this host is a stranger: its
@@ -270,7 +274,7 @@ def metrics_access(request: web.Request, service: Service) -> web.Response | Non
     )
 
 
-def proxied_by_stranger(request: web.Request, service: Service) -> bool:
+def proxied_by_stranger(request: web.Request, service: Guarded) -> bool:
     """A request with ``X-Forwarded-For`` whose peer is not a trusted proxy: its client is unknown.
 
     Behind a proxy on the same host every request comes from loopback; without

@@ -23,12 +23,16 @@ of hanging in the backlog), then takes it back.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
 from collections.abc import Iterable
 from typing import Any
 
+from aiohttp import web
+
+from bixweb.errors import ConfigError
 from bixweb.limits import LogThrottle
 from bixweb.logs import event
 
@@ -154,3 +158,50 @@ class AcceptGuard:
             return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return -1
+
+
+async def start_site(runner: web.AppRunner, host: str, port: int, *, backlog: int = ACCEPT_BATCH) -> list[Any]:
+    """Listen on ``host``:``port`` for ``runner``'s app; the listening sockets. A failure a person
+    can act on (port in use, an address not of this machine, a port reserved to root) is a
+    :class:`ConfigError` of one line saying which option to change."""
+    site = web.TCPSite(runner, host, port, backlog=backlog)
+    try:
+        await site.start()
+    except OSError as exc:
+        raise ConfigError(listen_failure(exc, host, port)) from None
+    server = site._server  # the only way to learn which port 0 chose
+    return list(getattr(server, "sockets", ()))
+
+
+def check_listenable(host: str, port: int) -> None:
+    """Bind ``host``:``port`` as asyncio will (``SO_REUSEADDR``, each address it resolves to) and let
+    go: a port in use is one line before anything starts, not after the app has started and logged."""
+    if port == 0:
+        return  # always free
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(address)
+    except OSError as exc:
+        raise ConfigError(listen_failure(exc, host, port)) from None
+
+
+def listen_failure(exc: OSError, host: str, port: int) -> str:
+    """The one line that says why ``host``:``port`` cannot be listened on, and what to change."""
+    where = f"port {port} on {host}"
+    change_port = "choose another with --port or BIXWEB_PORT (0 picks a free one)"
+    change_host = "choose another with --host or BIXWEB_HOST (127.0.0.1: this machine only; 0.0.0.0: every interface)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen on {host!r}: {exc.strerror or exc}: {change_host}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"{where} is in use: {change_port}"
+    if exc.errno == errno.EACCES:
+        return f"{where} is refused to this user (ports below 1024 need root or CAP_NET_BIND_SERVICE): {change_port}"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {host}: it is not an address of this machine: {change_host}"
+    return f"cannot listen on {where}: {exc.strerror or exc}: check --host and --port (BIXWEB_HOST, BIXWEB_PORT)"

@@ -19,6 +19,11 @@ async def schema_index(request: web.Request) -> web.Response:
     return web.json_response(index)
 
 
+async def to_schema_index(request: web.Request) -> web.Response:
+    """``/schemas`` is the index at ``/schemas/``: a permanent redirect (308 keeps the method)."""
+    raise web.HTTPPermanentRedirect("/schemas/")
+
+
 async def schema_file(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     schema = protocol.schemas().files.get(name)

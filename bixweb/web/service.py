@@ -6,6 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from aiohttp import web
 
@@ -21,6 +22,27 @@ from bixweb.web.connection import Connection
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def feed_state(*, failed: bool, last_event_ms: int | None, now: int, stale_after: float, upstream: bool | None) -> str:
+    """``live``, ``stale`` (nothing for ``stale_after`` seconds) or ``down`` (``failed``, or
+    silent with its link to its source down)."""
+    if failed:
+        return "down"
+    if last_event_ms is None or now - last_event_ms > stale_after * 1000:
+        return "down" if upstream is False else "stale"
+    return "live"
+
+
+class Guarded(Protocol):
+    """What the door (:mod:`bixweb.web.tcp`) and the gate (:mod:`bixweb.web.gate`) read: the web
+    service's :class:`Service`, or the feed process's probe server."""
+
+    settings: Settings
+    limits: ConnectionLimits
+    counters: Counter[str]
+    tokens: Tokens
+    trusted_proxies: tuple[Network, ...]
 
 
 @dataclass(eq=False)
@@ -40,6 +62,8 @@ class Service:
     """Whether the feed's link to its exchange is up (None: a feed without one)."""
     broker_down: bool = False
     """A web process that lost its link to the broker (Redis): its market stands still."""
+    broker_problem: Callable[[], str] = lambda: "the broker is unreachable"
+    """Why the link to the broker is down, for ``/readyz``."""
     limits: ConnectionLimits = field(default_factory=lambda: ConnectionLimits(total=0, per_client=0))
     tokens: Tokens = field(default_factory=lambda: Tokens(()))
     trusted_proxies: tuple[Network, ...] = ()
@@ -57,12 +81,13 @@ class Service:
 
     def feed_state(self, now: int) -> str:
         """``live``, ``stale`` (nothing for ``stale_after`` seconds) or ``down``."""
-        if self.feed_down or self.broker_down:
-            return "down"
-        last = self.market.last_event_ms
-        if last is None or now - last > self.settings.stale_after * 1000:
-            return "down" if self.upstream() is False else "stale"  # silent and cut off, or only silent
-        return "live"
+        return feed_state(
+            failed=self.feed_down or self.broker_down,
+            last_event_ms=self.market.last_event_ms,
+            now=now,
+            stale_after=self.settings.stale_after,
+            upstream=self.upstream(),
+        )
 
     def opened(self, conn: Connection) -> None:
         self.connections.add(conn)

@@ -40,7 +40,7 @@ from aiohttp.web_request import BaseRequest
 from bixweb.access import within
 from bixweb.limits import LogThrottle
 from bixweb.logs import event
-from bixweb.web.service import Service
+from bixweb.web.service import Guarded
 
 log = logging.getLogger("bixweb.tcp")
 
@@ -56,7 +56,7 @@ REFUSAL_CODES: dict[str, str] = {"client": "too_many_connections", "total": "ser
 class Door:
     """Admission of one service's TCP connections: the limits, the refused waiting, the turned away."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Guarded) -> None:
         self.service = service
         self.header_timeout = service.settings.header_timeout
         self.waiting: dict[CountedHandler, None] = {}
@@ -202,7 +202,7 @@ class CountedServer(web.Server):
         return CountedHandler(self, self.door, loop=self._loop, **self._kwargs)
 
 
-def count_connections(app: web.Application, service: Service) -> None:
+def count_connections(app: web.Application, service: Guarded) -> None:
     """Serve ``app`` with :class:`CountedServer` under every runner: bixweb's own and aiohttp's test servers.
 
     aiohttp builds the server in ``Application._make_handler`` and offers no
