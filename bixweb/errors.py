@@ -107,6 +107,10 @@ class HandshakeRefused(BixwebError):
         self.message = message
         self.retry_after = retry_after
 
+    def __reduce__(self) -> tuple[type[HandshakeRefused], tuple[int, str | None, str], dict[str, float | None]]:
+        # keyword-only retry_after: pickle (multiprocessing) and copy would call __init__ without it
+        return type(self), (self.status, self.code, self.message), {"retry_after": self.retry_after}
+
     @property
     def transient(self) -> bool:
         """Whether the same handshake may succeed later (429 ``too_many_connections``, 503

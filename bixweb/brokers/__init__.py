@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlsplit
 
+from bixweb.brokers.link import redacted
 from bixweb.errors import BrokerError, ConfigError, InstallError
 from bixweb.market import Message, Outgoing
 from bixweb.mirror import Part, Seed
@@ -128,7 +129,7 @@ def redis_broker_type(url: str) -> type[RedisBroker]:
         if exc.name != "redis" and not (exc.name or "").startswith("redis."):
             raise
         raise InstallError(
-            f"--broker {url}: the Redis broker needs the redis package: pip install 'bixweb[redis]'"
+            f"--broker {redacted(url)}: the Redis broker needs the redis package: pip install 'bixweb[redis]'"
         ) from None
     return RedisBroker
 

@@ -34,10 +34,15 @@ def retry_after(value: str | None) -> float | None:
     return float(value)
 
 
+def printable(text: str) -> str:
+    """``text`` without control characters: what a server or proxy sends must not forge log lines."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else " " for c in text)
+
+
 def refusal(status: int, reason: str | None, headers: Mapping[str, str], body: bytes) -> HandshakeRefused:
     """The error for an HTTP answer ``status`` to a handshake, from its headers and (the start of) its body."""
     code: str | None = None
-    message = reason or f"HTTP {status}"
+    message = printable(reason or f"HTTP {status}")[:MAX_MESSAGE_CHARS]
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -46,7 +51,7 @@ def refusal(status: int, reason: str | None, headers: Mapping[str, str], body: b
         if isinstance(data.get("code"), str):
             code = data["code"][:MAX_CODE_CHARS]
         if isinstance(data.get("message"), str):
-            message = data["message"][:MAX_MESSAGE_CHARS]
+            message = printable(data["message"])[:MAX_MESSAGE_CHARS]
     return HandshakeRefused(status, code, message, retry_after=retry_after(headers.get("Retry-After")))
 
 
