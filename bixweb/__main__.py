@@ -21,10 +21,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from bixweb import __version__
-from bixweb.config import GROUPS, CommandParser, Settings, add_options, settings_from
+from bixweb.config import FLAGS, GROUPS, CommandParser, Settings, add_options, settings_from
 from bixweb.errors import BixwebError, ConfigError
 from bixweb.logs import configure as configure_logging
 
@@ -116,6 +114,8 @@ def connections_allowed(configured: int, open_files: int) -> int:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully."""
+    from aiohttp import web  # here, not at the top: a Ctrl-C during imports is then caught by main
+
     from bixweb.web.app import create_app
     from bixweb.web.listen import ACCEPT_BATCH, AcceptGuard, check_listenable, deepen_backlog, start_site
     from bixweb.web.service import SERVICE
@@ -207,6 +207,11 @@ def feed_process() -> Callable[[Settings], Coroutine[Any, Any, None]]:
     return run_feed_process
 
 
+def takes(word: str) -> bool:
+    """Whether ``word`` is a flag whose value is the next word (``--data-dir feed`` names a directory)."""
+    return word.startswith("--") and "=" not in word and word[2:].replace("-", "_") not in FLAGS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] and argv[0] in COMMANDS:
@@ -224,7 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bixweb.record import main as record
 
         return record(argv)
-    misplaced = [word for word in argv if word in COMMANDS]
+    misplaced = [
+        word for before, word in zip(["", *argv], argv, strict=False) if word in COMMANDS and not takes(before)
+    ]
     if misplaced:
         print(f"{PROG}: the command comes first: {PROG} {misplaced[0]} [its options]", file=sys.stderr)
         return 2

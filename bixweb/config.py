@@ -70,7 +70,7 @@ class Settings:
 
 # name -> (parser, help). The order is the order of --help.
 OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
-    "host": (values.plain, "address to listen on"),
+    "host": (values.host, "address to listen on"),
     "port": (values.port_number, "port to listen on; 0 picks a free one (the log says which)"),
     "feed": (values.feed_url, "market-data source: simulated://, binance://, replay://FILE?speed=N (docs/feeds.md)"),
     "symbols": (values.symbols, "comma-separated symbols to carry"),
@@ -110,7 +110,8 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str]] = {
     ),
     "tokens": (
         values.words,
-        "comma-separated bearer tokens the bot socket accepts; prefer the variable or "
+        "comma-separated bearer tokens the bot socket and /metrics from elsewhere accept "
+        "(a feed process: its /metrics); prefer the variable or "
         "--token-file, since flags show in ps",
     ),
     "token_file": (values.plain, "file of bearer tokens for the bot socket, one per line (# comments allowed)"),

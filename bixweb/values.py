@@ -145,8 +145,10 @@ def feed_url(text: str) -> str:
 
 def broker_url(text: str) -> str:
     """``memory://`` or a Redis URL."""
-    if url_parts(text)[0] not in ("memory", "redis", "rediss", "unix"):
-        raise ValueError(f"{text!r} is not a broker URL (memory:// or redis://host:port/db)")
+    scheme = url_parts(text)[0]
+    if scheme not in ("memory", "redis", "rediss", "unix"):
+        shown = f"{scheme}://…" if "@" in text or "?" in text else text  # never echo a password
+        raise ValueError(f"{shown!r} is not a broker URL (memory:// or redis://host:port/db)")
     return text
 
 
@@ -157,6 +159,13 @@ def switch(text: str) -> bool:
     if text.lower() in ("0", "false", "no", "off", ""):
         return False
     raise ValueError(f"{text!r} is not a yes/no value (1, true, yes, on or 0, false, no, off)")
+
+
+def host(text: str) -> str:
+    """An address or host name to listen on; never empty (an unset ``${HOST}`` would mean every interface)."""
+    if not text.strip():
+        raise ValueError("'' is not an address (expects one like 127.0.0.1, 0.0.0.0 for every interface, or ::)")
+    return text.strip()
 
 
 def plain(text: str) -> str:

@@ -70,6 +70,8 @@ def test_a_busy_port_is_one_line_naming_the_port_and_how_to_change_it(
         ([], {"BIXWEB_OPEN_BOTS": "maybe"}, "BIXWEB_OPEN_BOTS: 'maybe' is not a yes/no value"),
         (["--prot", "1"], {}, "unrecognized arguments: --prot 1 (bixweb serve --help lists the options)"),
         (["feed", "--tokens-file", "x"], {}, "bixweb feed: unrecognized arguments"),
+        ([], {"BIXWEB_HOST": ""}, "BIXWEB_HOST: '' is not an address"),  # an unset ${HOST}: not every interface
+        (["--broker", "http://user:secret@h/0"], {}, "--broker: 'http://…' is not a broker URL"),
     ],
 )
 def test_a_bad_option_or_variable_is_one_line_naming_it_and_what_it_expects(
@@ -181,10 +183,13 @@ def test_record_and_bench_help_read_bixweb_and_are_grouped() -> None:
     assert bench.startswith("usage: bixweb bench ") and "\nload:\n" in bench and "\nserver:\n" in bench
 
 
-def test_a_command_after_the_options_is_pointed_to_its_place() -> None:
+def test_a_command_after_the_options_is_pointed_to_its_place(tmp_path: Path) -> None:
     line = one_line_refusal(bixweb("--port", "0", "feed"))
     assert "the command comes first: bixweb feed" in line
     assert "invalid choice: 'srve'" in one_line_refusal(bixweb("srve"))
+    # a value that is a command's name is a value: a directory called feed
+    line = one_line_refusal(bixweb("--data-dir", "feed", "--port", "abc", cwd=tmp_path))
+    assert "--port: 'abc' is not a port number" in line
 
 
 def test_other_listen_failures_are_one_line_saying_what_to_change(tmp_path: Path) -> None:

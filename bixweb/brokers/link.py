@@ -8,19 +8,21 @@ the time and answers what to log; the broker does the logging.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 LINK_WARNING_INTERVAL = 30.0
 """Seconds between the WARNING lines of one outage (the first comes at once)."""
 
 
 def redacted(url: str) -> str:
-    """``url`` without its user and password (``redis://***@host:6379/0``): fit for logs and probes."""
+    """``url`` without its user, password and query values (``redis://***@host:6379/0?password=***``;
+    redis-py takes a password in either place): fit for logs."""
     parts = urlsplit(url)
-    if "@" not in parts.netloc:
+    if "@" not in parts.netloc and not parts.query:
         return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    netloc = "***@" + parts.netloc.rpartition("@")[2] if "@" in parts.netloc else parts.netloc
+    query = "&".join(f"{key}=***" for key, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,7 +195,9 @@ def readiness(vitals: Vitals, now: int) -> tuple[int, dict[str, Any]]:
     if vitals.shutting_down:
         reasons.append({"code": "shutting_down", "message": "the process is shutting down"})
     if vitals.broker_down:
-        reasons.append({"code": "broker_unreachable", "message": vitals.broker_problem()})
+        # probes are public (any Host, through the proxy): where the broker is and why it failed
+        # go to the log and /metrics, not to whoever asks
+        reasons.append({"code": "broker_unreachable", "message": "the broker cannot be reached (the log says why)"})
     own = feed_state(  # the feed's own state: a web process's feed is "down" when only its broker is
         failed=vitals.feed_down,
         last_event_ms=last,
