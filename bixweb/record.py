@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
+from bixweb import values
 from bixweb.config import CommandParser, add_options, settings_from
 from bixweb.errors import BixwebError, ConfigError
 from bixweb.feeds import Feed, open_feed
@@ -127,6 +128,14 @@ RECORD_OPTIONS: Final = frozenset({"feed", "symbols", "seed", "tick_rate", "book
 """The server options a recording reads (and their ``BIXWEB_*`` variables)."""
 
 
+def duration(text: str) -> float:
+    """``--duration``: a finite number (main refuses one not above 0), in one line that says so."""
+    try:
+        return values.number(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="bixweb record",
@@ -137,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     recording = parser.add_argument_group("recording", "what is written, and for how long")
     recording.add_argument("--out", required=True, metavar="FILE", help="file to write (gzip if it ends in .gz)")
     recording.add_argument(
-        "--duration", type=float, metavar="S", help="seconds of market time to record (default: until Ctrl-C)"
+        "--duration", type=duration, metavar="S", help="seconds of market time to record (default: until Ctrl-C)"
     )
     recording.add_argument("--gzip", action="store_true", help="compress even if FILE does not end in .gz")
     add_options(parser, RECORD_OPTIONS)

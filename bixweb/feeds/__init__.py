@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from bixweb.errors import ConfigError
+from bixweb.errors import ConfigError, FeedError
 from bixweb.feeds.binance import open_binance
 from bixweb.feeds.exchange import UpstreamStatus
 from bixweb.feeds.replay import open_replay
@@ -50,7 +50,15 @@ def upstream_connected(feed: Feed) -> bool | None:
 
 
 def open_feed(url: str, *, symbols: Sequence[str], seed: int, tick_rate: float, book_depth: int) -> Feed:
-    """The feed for ``url``; :class:`ConfigError` (or :class:`FeedError`) when it cannot be had."""
+    """The feed for ``url``; :class:`ConfigError` (or :class:`FeedError`) naming ``--feed`` when it
+    cannot be had."""
+    try:
+        return _open(url, symbols=symbols, seed=seed, tick_rate=tick_rate, book_depth=book_depth)
+    except (ConfigError, FeedError) as exc:
+        raise type(exc)(f"--feed (BIXWEB_FEED): {exc}") from None
+
+
+def _open(url: str, *, symbols: Sequence[str], seed: int, tick_rate: float, book_depth: int) -> Feed:
     scheme = urlsplit(url).scheme
     if scheme == "simulated":
         speed = speed_option(url_options(url, {"speed"}).get("speed", "1"))
