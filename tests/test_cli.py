@@ -73,7 +73,11 @@ def test_a_busy_port_is_one_line_naming_the_port_and_how_to_change_it(
         ([], {"BIXWEB_HOST": ""}, "BIXWEB_HOST: '' is not an address"),
         (["--feed", "ftp://x"], {}, "--feed (BIXWEB_FEED): unknown feed 'ftp://x'"),
         (["bench", "--clients", "abc"], {}, "--clients: 'abc' is not a whole number"),
-        (["record", "--out", "x", "--duration", "abc"], {}, "--duration: 'abc' is not a number"),  # an unset ${HOST}: not every interface
+        (
+            ["record", "--out", "x", "--duration", "abc"],
+            {},
+            "--duration: 'abc' is not a number",
+        ),  # an unset ${HOST}: not every interface
         (["--broker", "http://user:secret@h/0"], {}, "--broker: 'http://…' is not a broker URL"),
     ],
 )

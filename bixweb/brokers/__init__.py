@@ -105,7 +105,8 @@ class Broker(Protocol):
 
     @property
     def problem(self) -> str:
-        """Why the link to the broker is not up, for ``/readyz`` (empty while it is, and for ``memory://``)."""
+        """Why the link to the broker is not up, or why no owner publishes to it, for ``/readyz``
+        (empty while all is well, and for ``memory://``)."""
 
     def publish(self, outgoing: Sequence[Outgoing]) -> None:
         """Owner side: one flush window of the market's messages. Never waits."""

@@ -45,12 +45,15 @@ class LinkLog:
         self.error = ""
         """The last attempt's error, as text (empty while linked)."""
         self._next_warning = float("-inf")
+        self._up_since: float | None = None
 
     def failed(self, now: float, error: str) -> Outage | None:
         """An attempt failed or the link was lost: the outage to warn of now, or None within the interval."""
         if self.down_since is None:
             self.down_since = now
-            self._next_warning = float("-inf")
+            if self._up_since is None or now - self._up_since >= self.interval:
+                self._next_warning = float("-inf")  # after a while up, a new outage is news at once
+            # else a flapping link: its last WARNING still counts, or each cycle would warn
         self.failures += 1
         self.error = error
         if now < self._next_warning:
@@ -63,5 +66,7 @@ class LinkLog:
         ended = None
         if self.down_since is not None:
             ended = Outage(now - self.down_since, self.failures, self.error)
+        if self.down_since is not None or self._up_since is None:
+            self._up_since = now
         self.down_since, self.failures, self.error = None, 0, ""
         return ended

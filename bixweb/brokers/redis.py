@@ -19,6 +19,7 @@ The keys and how the state is written and read: :mod:`bixweb.brokers.redis_state
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -52,6 +53,10 @@ HEALTH_CHECK_S = 1.0
 REQUEST_TIMEOUT_S = 5
 """Seconds a web process waits for the feed process to answer a desk request."""
 REPLY_TTL_S = 30
+MARK_PERIOD_S = 1.0
+"""Seconds between the owner's renewals of its liveness mark (and followers' looks at it)."""
+MARK_TTL_MS = 3_000
+"""How long one renewal of the mark lasts: a feed process killed without a word is missed this late."""
 
 
 class RedisBroker:
@@ -75,6 +80,13 @@ class RedisBroker:
         self.channel = f"{prefix}:publications"
         self.desk_channel = f"{prefix}:desk:changes"
         self.requests_key = f"{prefix}:desk:requests"
+        self.mark_key = f"{prefix}:alive"
+        """The owner's liveness mark: renewed every :data:`MARK_PERIOD_S` while it publishes, deleted
+        when it stops cleanly, gone :data:`MARK_TTL_MS` after it was killed."""
+        self.owner_alive: bool | None = None
+        """Follower side: whether a feed process keeps its mark (None: not looked yet)."""
+        self._owner_seen = time.monotonic()
+        """Follower side: when the mark was last there (or, before it ever was, when following began)."""
         self.published = 0
         """Owner side: publications made so far in this epoch."""
         self.up = False
@@ -133,8 +145,12 @@ class RedisBroker:
                 await self._write_seed(client, seed)
                 self._set_up(True)
                 delays = backoff(RETRY_INITIAL, RETRY_MAX)
+                next_mark = 0.0
                 while True:
                     self._wake.clear()  # before the work: a wake during an await below is not lost
+                    if time.monotonic() >= next_mark:  # a quiet market's feed process is alive too
+                        await client.set(self.mark_key, int(time.time() * 1000), px=MARK_TTL_MS)
+                        next_mark = time.monotonic() + MARK_PERIOD_S
                     if self._reseed:
                         self._reseed = False
                         seed = self.seed_source()
@@ -151,7 +167,12 @@ class RedisBroker:
                             for change in dict.fromkeys(changes):
                                 pipe.publish(self.desk_channel, change)
                             await pipe.execute()
-                    await self._wake.wait()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(MARK_PERIOD_S):
+                            await self._wake.wait()
+            except asyncio.CancelledError:
+                await self._withdraw_mark()
+                raise
             except (RedisError, OSError) as exc:
                 self._set_up(False, exc)
                 await asyncio.sleep(next(delays))
@@ -161,6 +182,17 @@ class RedisBroker:
                 await asyncio.sleep(next(delays))
             finally:
                 await client.aclose()
+
+    async def _withdraw_mark(self) -> None:
+        """Owner side, stopping cleanly: web processes learn at once that no feed process publishes."""
+        client = self._client()  # the publishing connection may be mid-command: a fresh one
+        try:
+            async with asyncio.timeout(1.0):
+                await client.delete(self.mark_key)
+        except (RedisError, OSError):
+            pass  # Redis is away: the mark lapses on its own
+        finally:
+            await client.aclose()
 
     async def _write_seed(self, client: Redis, seed: Seed) -> None:
         desk_state = self.desk.state() if self.desk is not None else None
@@ -283,6 +315,35 @@ class RedisBroker:
 
     _number = 0
 
+    async def _watch_owner_forever(self) -> None:
+        """Follower side: look at the owner's liveness mark once every :data:`MARK_PERIOD_S`, on a
+        connection of its own (off the fan-out path); an unreachable Redis is the follower's to report."""
+        self._owner_seen = time.monotonic()
+        while True:
+            client = self._client()
+            try:
+                while True:
+                    alive = bool(await client.exists(self.mark_key))
+                    self._owner_changed(alive, time.monotonic())
+                    await asyncio.sleep(MARK_PERIOD_S)
+            except (RedisError, OSError):
+                await asyncio.sleep(MARK_PERIOD_S)
+            finally:
+                await client.aclose()
+
+    def _owner_changed(self, alive: bool, now: float) -> None:
+        if alive:
+            self._owner_seen = now
+        if alive == self.owner_alive:
+            return
+        if alive:
+            log.info("a feed process publishes to %s", self.shown)
+        elif self.owner_alive is None:  # no feed process yet: normal where nothing orders the starts
+            log.info("no feed process publishes to %s yet; waiting for one", self.shown)
+        else:
+            log.warning("the feed process stopped publishing to %s (its liveness mark lapsed)", self.shown)
+        self.owner_alive = alive
+
     async def _confirmed(self, pubsub: Any) -> None:
         """Wait until Redis confirms both subscriptions. ``subscribe`` only sends the command: a
         state read on the other connection could be answered first, and a publication made
@@ -364,8 +425,12 @@ class RedisBroker:
 
     @property
     def problem(self) -> str:
-        """Why the link is not up, for ``/readyz`` (empty while it is)."""
+        """Why the link is not up, or (a follower linked to Redis) why no feed process is there to
+        follow, for ``/readyz``; empty while all is well."""
         if self.up:
+            if self.seed_source is None and self.owner_alive is False:
+                silent = time.monotonic() - self._owner_seen
+                return f"no feed process has published to {self.shown} for {silent:.0f} s"
             return ""
         if not self._link.error:
             return f"not linked to {self.shown} yet"
@@ -373,10 +438,13 @@ class RedisBroker:
 
     async def run(self) -> None:
         """Publish if this process owns the market (it has a seed source), else follow."""
-        if self.seed_source is not None:
-            if self.desk is None:
-                await self._publish_forever()
-                return
-            await asyncio.gather(self._publish_forever(), self._answer_forever())
-        else:
-            await self._follow_forever()
+        # a task group, not gather: cancelled, it waits for every task to finish (the owner's
+        # withdraws its mark), where gather ends as soon as one of them is cancelled
+        async with asyncio.TaskGroup() as group:
+            if self.seed_source is not None:
+                group.create_task(self._publish_forever())
+                if self.desk is not None:
+                    group.create_task(self._answer_forever())
+            else:
+                group.create_task(self._follow_forever())
+                group.create_task(self._watch_owner_forever())

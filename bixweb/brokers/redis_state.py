@@ -3,7 +3,8 @@
 Keys (``prefix`` defaults to ``bixweb``): ``{prefix}:seed`` (hash: epoch,
 published), ``{prefix}:latest`` (hash: stream → message),
 ``{prefix}:recent:{stream}`` and ``{prefix}:closed:{stream}`` (lists), the
-desk's state ``{prefix}:desk``, and the channel ``{prefix}:publications``.
+desk's state ``{prefix}:desk``, the feed process's liveness mark ``{prefix}:alive``
+(a key that expires unless renewed), and the channel ``{prefix}:publications``.
 """
 
 from __future__ import annotations
@@ -33,10 +34,9 @@ class Layout:
     async def write_seed(self, client: Redis, seed: Seed, *, desk_state: bytes | None, desk_channel: str) -> None:
         """The whole state, in place of whatever was there (a restarted Redis is empty; a new epoch
         leaves nothing of the old), with the desk's state announced as changed."""
-        requests = f"{self.prefix}:desk:"  # requests and replies in flight are not state: keep them
-        stale = [
-            key async for key in client.scan_iter(match=f"{self.prefix}:*") if not key.decode().startswith(requests)
-        ]
+        # requests and replies in flight are not state, nor is the owner's liveness mark: keep them
+        kept = (f"{self.prefix}:desk:", f"{self.prefix}:alive")
+        stale = [key async for key in client.scan_iter(match=f"{self.prefix}:*") if not key.decode().startswith(kept)]
         async with client.pipeline(transaction=True) as pipe:
             if stale:
                 pipe.delete(*stale)

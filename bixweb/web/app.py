@@ -71,6 +71,8 @@ class Fanout:
         self.service = service
         self.seeded = asyncio.Event()
         """Set once a follower's mirror holds the owner's state."""
+        self.linked = False
+        """Whether the broker's link is up (a follower's wait for the state says which wait it was)."""
 
     def on_local(self, outgoing: Sequence[Outgoing]) -> None:
         self.service.hub.publish(outgoing)
@@ -101,6 +103,7 @@ class Fanout:
         self.seeded.set()
 
     def on_link(self, up: bool) -> None:
+        self.linked = up
         self.service.broker_down = not up
 
     def on_desk(self, state: bytes, change: str | None) -> None:
@@ -178,8 +181,13 @@ async def background(app: web.Application) -> AsyncIterator[None]:
             async with asyncio.timeout(FOLLOWER_START_WAIT):
                 await app[FANOUT].seeded.wait()
         except TimeoutError:
-            log.warning(
-                "no market state from %s after %g s; serving without it", redacted(broker.url), FOLLOWER_START_WAIT
+            # with Redis linked, only the feed process is not there yet: normal where nothing orders
+            # the starts (Kubernetes); /readyz says feed_down until it is
+            log.log(
+                logging.INFO if app[FANOUT].linked else logging.WARNING,
+                "no market state from %s after %g s; serving without it",
+                redacted(broker.url),
+                FOLLOWER_START_WAIT,
             )
     yield
     for task in tasks:

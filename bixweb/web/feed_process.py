@@ -34,7 +34,7 @@ from bixweb.mirror import seed_of
 from bixweb.owner import now_ms, run_market
 from bixweb.store import STORE_FILE, SQLiteStore
 from bixweb.web import gate, metrics
-from bixweb.web.listen import check_listenable, start_site
+from bixweb.web.listen import check_listenable, deepen_backlog, start_site
 from bixweb.web.service import feed_state
 from bixweb.web.tcp import count_connections
 
@@ -152,8 +152,11 @@ async def run_feed_process(settings: Settings) -> None:
     )
     runner = web.AppRunner(create_probe_app(vitals), handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
+    listening: list[Any] = []
     try:
         sockets = await start_site(runner, settings.host, settings.port)
+        # a short accept batch, a deep kernel queue (as the web service: bixweb.web.listen explains)
+        listening = deepen_backlog(sockets)
         log.info(
             "feed process: %s -> %s, epoch %d, %d symbols; data directory %s",
             settings.feed,
@@ -170,6 +173,8 @@ async def run_feed_process(settings: Settings) -> None:
     finally:
         vitals.shutting_down = True
         await runner.cleanup()
+        for sock in listening:
+            sock.close()
         desk.close()
     log.info("feed process stopped")
 

@@ -186,18 +186,21 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 def readiness(vitals: Vitals, now: int) -> tuple[int, dict[str, Any]]:
     """The HTTP status and body of ``/readyz``: 503 with the reasons while shutting down, the feed
-    is down or the broker is unreachable; 200 ``degraded`` with a feed that is only stale (it
-    may be a quiet market: taking the process out of service would not help its clients)."""
+    is down (for a web process: also no feed process publishing to its Redis) or the broker is
+    unreachable; 200 ``degraded`` with a feed that is only stale (it may be a quiet market:
+    taking the process out of service would not help its clients)."""
     state = vitals.feed_state(now)
     last = vitals.market.last_event_ms
     lag = round((now - last) / 1000, 3) if last is not None else None
     reasons: list[dict[str, str]] = []
     if vitals.shutting_down:
         reasons.append({"code": "shutting_down", "message": "the process is shutting down"})
+    problem = vitals.broker_problem()
     if vitals.broker_down:
         # probes are public (any Host, through the proxy): where the broker is and why it failed
-        # go to the log and /metrics, not to whoever asks
+        # go to the log, not to whoever asks
         reasons.append({"code": "broker_unreachable", "message": "the broker cannot be reached (the log says why)"})
+    orphaned = bool(problem) and not vitals.broker_down  # linked, but no feed process keeps its mark
     own = feed_state(  # the feed's own state: a web process's feed is "down" when only its broker is
         failed=vitals.feed_down,
         last_event_ms=last,
@@ -205,7 +208,11 @@ def readiness(vitals: Vitals, now: int) -> tuple[int, dict[str, Any]]:
         stale_after=vitals.settings.stale_after,
         upstream=vitals.upstream(),
     )
-    if vitals.feed_down:
+    if orphaned:
+        reasons.append(
+            {"code": "feed_down", "message": "no feed process publishes to the broker (the log says since when)"}
+        )
+    elif vitals.feed_down:
         reasons.append({"code": "feed_down", "message": "the feed stopped (the log says why)"})
     elif own == "down":
         silent = f"no feed event for {lag:g} s" if lag is not None else "no feed event yet"

@@ -62,8 +62,9 @@ class Service:
     """Whether the feed's link to its exchange is up (None: a feed without one)."""
     broker_down: bool = False
     """A web process that lost its link to the broker (Redis): its market stands still."""
-    broker_problem: Callable[[], str] = lambda: "the broker is unreachable"
-    """Why the link to the broker is down, for ``/readyz``."""
+    broker_problem: Callable[[], str] = lambda: ""
+    """Why the link to the broker is down, or why no feed process publishes to it, for ``/readyz``
+    (empty while all is well)."""
     limits: ConnectionLimits = field(default_factory=lambda: ConnectionLimits(total=0, per_client=0))
     tokens: Tokens = field(default_factory=lambda: Tokens(()))
     trusted_proxies: tuple[Network, ...] = ()
@@ -82,7 +83,7 @@ class Service:
     def feed_state(self, now: int) -> str:
         """``live``, ``stale`` (nothing for ``stale_after`` seconds) or ``down``."""
         return feed_state(
-            failed=self.feed_down or self.broker_down,
+            failed=self.feed_down or self.broker_down or bool(self.broker_problem()),
             last_event_ms=self.market.last_event_ms,
             now=now,
             stale_after=self.settings.stale_after,
