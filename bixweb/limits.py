@@ -112,13 +112,22 @@ class ConnectionLimits:
     hands it to the client of each request it carries, and back.
     """
 
-    __slots__ = ("per_client", "total", "open", "_by_client")
+    __slots__ = ("per_client", "total", "open", "_by_client", "_refusal_lines")
 
     def __init__(self, *, total: int, per_client: int) -> None:
         self.total = total
         self.per_client = per_client
         self.open = 0
         self._by_client: dict[str, int] = {}
+        self._refusal_lines: dict[str, LogThrottle] = {}
+
+    def refusal_line(self, code: str, now: float) -> int | None:
+        """How many refusals of ``code`` to report in a log line now (this one and those held back),
+        or ``None``: a client retrying a refused request in a loop makes one line per interval."""
+        throttle = self._refusal_lines.get(code)
+        if throttle is None:  # codes are the server's own, a few dozen at most
+            throttle = self._refusal_lines[code] = LogThrottle(REFUSAL_LOG_INTERVAL)
+        return throttle.note(now)
 
     def admit(self, client: str, *, shared: bool = False) -> Literal["client", "total"] | None:
         if self.total and self.open >= self.total:

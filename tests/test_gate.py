@@ -179,3 +179,19 @@ def test_local_hosts_are_addresses_localhost_or_allowed_names() -> None:
     assert local_host("127.0.0.1:8080") and local_host("[::1]:8080") and local_host("localhost")
     assert not local_host("evil.example:8080") and local_host("app.example", ("https://app.example",))
     assert is_loopback("127.0.0.9")
+
+
+async def test_a_client_retrying_a_refused_handshake_makes_one_log_line_and_every_refusal_counts(
+    aiohttp_client: Factory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "bixweb")
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(fast_settings()))
+    for _ in range(50):  # a bot with a typo in a loop
+        status, body, _ = await refused(client, "/ws?symbols=NOPEUSDT")
+        assert (status, body["code"]) == (400, "unknown_symbol")
+    status, body, _ = await refused(client, "/ws?channels=nope")  # another code has a line of its own
+    assert status == 400 and body["code"] != "unknown_symbol"
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "refused" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert "unknown_symbol" in lines[0] and body["code"] in lines[1]
+    assert client.app[SERVICE].counters["refused:unknown_symbol"] == 50

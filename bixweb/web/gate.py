@@ -33,6 +33,7 @@ the server is up and full.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -170,7 +171,9 @@ def refuse(
 ) -> web.Response:
     """The JSON refusal ``{"code", "message"}`` (and the ``path`` of a bad query value), counted and logged."""
     service.counters[f"refused:{code}"] += 1
-    event(log, logging.WARNING, "refused", kind=kind, peer=request.remote, status=status, code=code)
+    count = service.limits.refusal_line(code, time.monotonic())
+    if count is not None:  # every refusal is counted in /metrics; the log has a line per code per interval
+        event(log, logging.WARNING, "refused", kind=kind, peer=request.remote, status=status, code=code, count=count)
     body = {"code": code, "message": message} if path is None else {"code": code, "message": message, "path": path}
     return web.json_response(body, status=status, headers=headers)
 
