@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import statistics
 import time
@@ -48,10 +47,10 @@ def reference_work() -> None:
         total += n * n % 7
 
 
-@functools.cache
 def cpu_bound_us() -> float:
     """:data:`CPU_BOUND_US` on the machine running the test: as much slower as it runs plain Python
-    slower than the development machine (never tighter)."""
+    slower than the development machine (never tighter). Measured beside each case, not once: a
+    machine that is busier now than at the session's start is slower for both."""
     reference = hostile.cost_us(lambda _: reference_work(), "", statistic=min)
     return CPU_BOUND_US * max(1.0, reference / REFERENCE_US_HERE)
 
