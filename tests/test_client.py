@@ -208,7 +208,7 @@ def test_market_view_state_streams_may_skip_and_a_new_epoch_starts_over() -> Non
     assert view.receive({**update, "seq": 8}) == Received()  # older
     candle = {"type": "candle", "epoch": 1, "symbol": "BTCUSDT", "interval": "1m", "seq": 3, "data": {}}
     assert view.receive(candle).deliver == [candle] and view.receive({**candle, "seq": 7}).deliver
-    assert view.gaps == 0 and view.duplicates == 1 and view.ticker("BTCUSDT") == {"price": 3.0}
+    assert view.gaps == 0 and view.duplicates == 1 and view.ticker("BTCUSDT") == {"symbol": "BTCUSDT", "price": 3.0}
     assert view.receive(trade(40)).deliver == [trade(40)]
     # the server restarted: numbering starts again, nothing is a duplicate or a gap
     assert view.receive(trade(1, epoch=2)).deliver == [trade(1, epoch=2)]
@@ -313,7 +313,7 @@ def test_client_module_does_not_import_aiohttp_web() -> None:
 @pytest.mark.timeout(20)
 async def test_receives_welcome_initial_data_and_updates(bixweb_server: TestServer, make_client: ClientFactory) -> None:
     seen: list[Message] = []
-    client = make_client(ws_url(bixweb_server), callbacks=[seen.append])
+    client = make_client(ws_url(bixweb_server), on_message=[seen.append])
     await client.connect()
     assert client.is_connected()
     await eventually(lambda: len(of_type(seen, "market_update")) >= 40)
@@ -337,7 +337,7 @@ async def test_receives_welcome_initial_data_and_updates(bixweb_server: TestServ
 @pytest.mark.timeout(20)
 async def test_subscribe_and_unsubscribe(bixweb_server: TestServer, make_client: ClientFactory) -> None:
     seen: list[Message] = []
-    client = make_client(ws_url(bixweb_server), callbacks=[seen.append])
+    client = make_client(ws_url(bixweb_server), on_message=[seen.append])
     await client.connect()
     ack = await client.subscribe(["SOLUSDT"], ["trades"])
     assert ack["type"] == "ack" and ack["op"] == "subscribe"
@@ -377,7 +377,7 @@ async def test_subscribe_and_unsubscribe(bixweb_server: TestServer, make_client:
 @pytest.mark.timeout(20)
 async def test_queue_keeps_the_newest_messages(bixweb_server: TestServer, make_client: ClientFactory) -> None:
     seen: list[Message] = []
-    client = make_client(ws_url(bixweb_server), queue_size=5, callbacks=[seen.append])
+    client = make_client(ws_url(bixweb_server), queue_size=5, on_message=[seen.append])
     await client.connect()
     await eventually(lambda: client.dropped > 20)
     kept = client.queue
@@ -422,8 +422,8 @@ async def test_callbacks_sync_async_and_failing(
         await asyncio.sleep(0)
         async_seen.append(message)
 
-    client = make_client(ws_url(bixweb_server), callbacks=[explode, sync_seen.append])
-    client.callbacks.append(record)
+    client = make_client(ws_url(bixweb_server), on_message=[explode, sync_seen.append])
+    client.on_message.append(record)
     with caplog.at_level(logging.ERROR, logger="bixweb.client"):
         await client.connect()
         await eventually(lambda: len(async_seen) >= 30)
@@ -470,7 +470,7 @@ async def test_resumes_after_the_server_drops_the_connection(
         reconnect_initial=0.3,
         reconnect_max=0.3,
         rng=random.Random(0),  # waits 0.25 s, then 0.23 s
-        callbacks=[seen.append],
+        on_message=[seen.append],
     )
     market = server.app[SERVICE].market
     await eventually(lambda: all(market.states[s].trades for s in ("BTCUSDT", "ETHUSDT")))
@@ -518,7 +518,7 @@ async def test_a_missed_trade_is_a_gap_that_a_resync_fills(
 ) -> None:
     server = await make_bixweb_server(tick_rate=40.0, replay_depth=replay_depth)
     seen: list[Message] = []
-    client = make_client(ws_url(server), symbols="BTCUSDT", channels="trades", callbacks=[seen.append])
+    client = make_client(ws_url(server), symbols="BTCUSDT", channels="trades", on_message=[seen.append])
     count = itertools.count(1)
     lost: list[Message] = []
 
@@ -557,7 +557,7 @@ async def test_a_resync_that_fails_falls_back_to_reconnecting_and_resuming(
     server = await make_bixweb_server(tick_rate=40.0)
     seen: list[Message] = []
     client = make_client(
-        ws_url(server), symbols="BTCUSDT", channels="trades", reconnect_initial=0.1, callbacks=[seen.append]
+        ws_url(server), symbols="BTCUSDT", channels="trades", reconnect_initial=0.1, on_message=[seen.append]
     )
     count = itertools.count(1)
 
@@ -585,7 +585,7 @@ async def test_a_book_failing_its_checksum_is_dropped_and_fetched_again(
 ) -> None:
     server = await make_bixweb_server(tick_rate=40.0)
     seen: list[Message] = []
-    client = make_client(ws_url(server), symbols="BTCUSDT", channels="book", callbacks=[seen.append])
+    client = make_client(ws_url(server), symbols="BTCUSDT", channels="book", on_message=[seen.append])
     count = itertools.count(1)
     tampered: list[int] = []
 
@@ -626,7 +626,7 @@ async def test_connect_after_disconnect_starts_over_instead_of_resuming(
     bixweb_server: TestServer, make_client: ClientFactory
 ) -> None:
     seen: list[Message] = []
-    client = make_client(ws_url(bixweb_server), symbols="BTCUSDT", channels="trades", callbacks=[seen.append])
+    client = make_client(ws_url(bixweb_server), symbols="BTCUSDT", channels="trades", on_message=[seen.append])
     await client.connect()
     await eventually(lambda: len(of_type(seen, "trade")) >= 3)
     await client.disconnect()
@@ -657,7 +657,7 @@ async def test_resumes_after_a_server_restart_from_fresh_snapshots(
         channels="ticker",
         reconnect_initial=0.2,
         reconnect_max=1.0,
-        callbacks=[seen.append],
+        on_message=[seen.append],
     )
     await client.connect()
     await client.subscribe(["ETHUSDT"], ["trades"])

@@ -45,7 +45,7 @@ async def test_resets_of_the_link_lose_and_repeat_no_trade(
             reconnect_initial=0.2,
             reconnect_max=0.5,
             rng=random.Random(1),
-            callbacks=[seen.append],
+            on_message=[seen.append],
         )
         await client.connect()
         for reset in range(1, 4):
@@ -90,7 +90,7 @@ async def test_after_a_sigkill_and_a_restart_the_client_starts_over_and_converge
         channels="ticker,trades",
         reconnect_initial=0.2,
         reconnect_max=1.0,
-        callbacks=[seen.append],
+        on_message=[seen.append],
     )
     await client.connect()
     await eventually(lambda: len(client.get_latest_data()) == len(SYMBOLS))

@@ -190,7 +190,7 @@ async def test_the_client_library_resumes_an_8_s_outage_without_a_hole(server: S
             reconnect_initial=0.2,
             reconnect_max=0.5,
             rng=random.Random(3),
-            callbacks=[seen.append],
+            on_message=[seen.append],
         )
         try:
             await client.connect()

@@ -5,6 +5,8 @@ It uses aiohttp's client only and never imports ``aiohttp.web``.
 
 from __future__ import annotations
 
+from bixweb.client.bridge import Reply
+from bixweb.client.reconnect import Backoff
 from bixweb.client.streams import (
     backoff_delays,
     error_from_message,
@@ -18,11 +20,13 @@ from bixweb.client.websocket import WebSocketClient
 from bixweb.errors import BixwebError, HandshakeRefused, ProtocolError
 
 __all__ = [
+    "Backoff",
     "BixwebError",
     "HandshakeRefused",
     "MarketView",
     "ProtocolError",
     "Received",
+    "Reply",
     "Resync",
     "WebSocketClient",
     "backoff_delays",

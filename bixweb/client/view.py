@@ -1,4 +1,4 @@
-"""What a bot client has learnt from the server, as values: positions, tickers, books.
+"""What a bot client has learnt from the server, as values: positions, tickers, books, trades, candles.
 
 :class:`MarketView` takes each (unwrapped) server message and says which
 messages to deliver, in which order, and which streams need a resync. No
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -38,6 +39,10 @@ from bixweb.protocol import Since, book_checksum
 
 log = logging.getLogger("bixweb.client")
 
+TRADE_HISTORY: Final = 1000
+"""Trades kept per symbol for ``get_trades`` (the newest)."""
+CANDLE_HISTORY: Final = 1000
+"""Candles kept per symbol and interval for ``get_candles`` (the newest)."""
 MAX_HELD: Final = 10_000
 """Trades held back per stream while a gap is being filled; past it they go out with the gap."""
 
@@ -89,10 +94,13 @@ class MarketView:
     may read (:meth:`ticker`, :meth:`book`, :meth:`seq`, the counters).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, trade_history: int = TRADE_HISTORY, candle_history: int = CANDLE_HISTORY) -> None:
         self._lock = threading.Lock()
         self._tickers: dict[str, Message] = {}
         self._books: dict[str, Message] = {}
+        self._trade_history, self._candle_history = trade_history, candle_history
+        self._trades: dict[str, deque[Message]] = {}
+        self._candles: dict[tuple[str, str], deque[Message]] = {}  # (symbol, interval)
         self._positions: dict[str, tuple[int, int]] = {}
         self._held: dict[str, dict[int, Message]] = {}
         self._resyncing: set[str] = set()
@@ -127,6 +135,11 @@ class MarketView:
                 self._positions.pop(key, None)
                 self._held.pop(key, None)
                 self._resyncing.discard(key)
+                channel, symbol = _channel_symbol(key)
+                if channel == "trades":
+                    self._trades.pop(symbol, None)
+                elif channel.startswith("candles_"):
+                    self._candles.pop((symbol, channel.removeprefix("candles_")), None)
 
     def resync_finished(self, key: str) -> None:
         """The resync of ``key`` was answered (or failed): a new failure may ask again."""
@@ -147,13 +160,29 @@ class MarketView:
             return position[1] if position is not None else None
 
     def ticker(self, symbol: str) -> Message | None:
+        """The latest ticker of ``symbol``: ``{"symbol", "price", "bid", …}``."""
+        name = canonical_symbol(symbol)
         with self._lock:
-            ticker = self._tickers.get(canonical_symbol(symbol))
-            return dict(ticker) if ticker is not None else None
+            ticker = self._tickers.get(name)
+            return {"symbol": name, **ticker} if ticker is not None else None
 
     def tickers(self) -> dict[str, Message]:
+        """The latest ticker of every symbol, by symbol (each with its ``symbol``)."""
         with self._lock:
-            return {symbol: dict(ticker) for symbol, ticker in self._tickers.items()}
+            return {symbol: {"symbol": symbol, **ticker} for symbol, ticker in self._tickers.items()}
+
+    def trades(self, symbol: str, n: int) -> list[Message]:
+        """The last ``n`` trades of ``symbol`` the client has (oldest first)."""
+        if n < 0:
+            raise ValueError("n must be 0 or more")
+        with self._lock:
+            trades = self._trades.get(canonical_symbol(symbol), ())
+            return [dict(trade) for trade in list(trades)[max(0, len(trades) - n) :]]
+
+    def candles(self, symbol: str, interval: str) -> list[Message]:
+        """The candles of ``symbol`` and ``interval`` the client has (oldest first; the last may be forming)."""
+        with self._lock:
+            return [dict(candle) for candle in self._candles.get((canonical_symbol(symbol), interval), ())]
 
     def book(self, symbol: str) -> Message | None:
         """The latest verified book of ``symbol`` (``bids``, ``asks``, ``time``, ``checksum``)."""
@@ -217,6 +246,40 @@ class MarketView:
             self._tickers[message["symbol"]] = message["data"]
         elif kind == "book":
             self._books[message["symbol"]] = message["data"]
+        elif kind == "trade":
+            self._trade_series(message["symbol"]).append(message["data"])
+        elif kind == "candle":
+            self._add_candle(message["symbol"], str(message.get("interval")), message["data"])
+
+    def _trade_series(self, symbol: str) -> deque[Message]:
+        series = self._trades.get(symbol)
+        if series is None:
+            series = self._trades[symbol] = deque(maxlen=self._trade_history)
+        return series
+
+    def _add_candle(self, symbol: str, interval: str, candle: Message) -> None:
+        series = self._candles.get((symbol, interval))
+        if series is None:
+            series = self._candles[(symbol, interval)] = deque(maxlen=self._candle_history)
+        if series and series[-1].get("start") == candle.get("start"):
+            series[-1] = candle  # the forming candle again
+        elif not series or candle.get("start", 0) > series[-1].get("start", 0):
+            series.append(candle)
+
+    def _take_history(self, message: Message) -> None:
+        """An ``initial_data``'s trades and candles: newer than what the client has, or all of it."""
+        for symbol, trades in message.get("trades", {}).items():
+            if trades:
+                series = self._trade_series(symbol)
+                kept = [t for t in series if t.get("id", 0) < trades[0].get("id", 0)]
+                series.clear()
+                series.extend([*kept, *trades])
+        for interval, by_symbol in message.get("candles", {}).items():
+            for symbol, candles in by_symbol.items():
+                if candles:
+                    old = self._candles.pop((symbol, interval), ())
+                    for candle in [c for c in old if c.get("start", 0) < candles[0].get("start", 0)] + candles:
+                        self._add_candle(symbol, interval, candle)
 
     def _hold(self, key: str, epoch: int, seq: int, message: Message, last: int) -> Received:
         held = self._held.setdefault(key, {})
@@ -278,6 +341,7 @@ class MarketView:
         tickers: Mapping[str, Message] = message.get("tickers", {})
         books: Mapping[str, Message] = message.get("books", {})
         self._tickers.update(tickers)
+        self._take_history(message)
         good_books: dict[str, Message] = {}
         resyncs: list[Resync] = []
         for key, seq in seqs.items():
