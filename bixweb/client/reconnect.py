@@ -46,7 +46,8 @@ class Backoff:
         healthy_after: float = 10.0,
         rng: random.Random | None = None,
     ) -> None:
-        backoff_delays(initial, maximum)  # check the values now, not at the first reconnect
+        if initial <= 0 or maximum < initial:  # now, not at the first reconnect
+            raise ValueError("need 0 < reconnect_initial <= reconnect_max")
         if fixed is not None and fixed < 0:
             raise ValueError("reconnect_delay must be 0 or more seconds")
         if healthy_after < 0:
