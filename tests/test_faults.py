@@ -387,7 +387,8 @@ async def test_a_reader_stalled_30s_at_full_speed_costs_memory_and_latency_nothi
 
     assert (max(samples) - rss_start) / 1024 < RSS_GROWTH_LIMIT_MB, figures
     assert len(during) > 0.8 * len(base) * STALL_SECONDS / 3.0, figures
-    assert p99(during) <= max(2 * p99(base), p99(base) + 20), figures
+    # 30 s see more of a busy machine's hiccups than the 3 s baseline: the margin is for that, a stall costs seconds
+    assert p99(during) <= max(2 * p99(base), p99(base) + 50), figures
     if dropped:
         assert any("code=4008" in line for line in dropped), figures
         assert fds_end <= fds_start, f"the dropped connection's socket is still open: {figures}"

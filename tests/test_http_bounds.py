@@ -110,12 +110,14 @@ async def test_silent_and_slowloris_connections_are_closed_at_the_header_timeout
         assert all(t is not None and 0.8 <= t <= 3.0 for t in closed), closed
         status, _, body = await exchange(server, HEAD)  # a client that sends its head is served
         assert status == 200 and json.loads(body)["status"] in ("ok", "degraded")
-        assert largest_gap(arrivals, time.monotonic()) < 1.0
+        assert largest_gap(arrivals, time.monotonic()) < 2.0  # the canary reads on (a busy machine may pause it ~1 s)
     assert server.app[SERVICE].limits.open == 0  # every count given back
 
 
 async def test_an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeout(aiohttp_server: Factory) -> None:
-    server = await start(aiohttp_server, header_timeout=5.0, keepalive_timeout=1.0)
+    # Wide margins: a busy machine may stretch a sleep, and a request that comes after the
+    # timeout has fired meets a closed socket (the bound is what is tested, not the machine).
+    server = await start(aiohttp_server, header_timeout=10.0, keepalive_timeout=2.0)
     reader, writer = await connect(server)
     for _ in range(3):  # requests within the timeout keep it open
         writer.write(HEAD)
@@ -123,9 +125,9 @@ async def test_an_idle_keep_alive_connection_is_closed_after_the_keepalive_timeo
         assert head.startswith(b"HTTP/1.1 200")
         length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
         await reader.readexactly(length)
-        await asyncio.sleep(0.5)
-    closed = await seconds_until_closed(reader, 5.0)
-    assert closed is not None and 0.3 <= closed <= 3.0, closed
+        await asyncio.sleep(0.2)
+    closed = await seconds_until_closed(reader, 10.0)
+    assert closed is not None and 1.0 <= closed <= 8.0, closed
     writer.close()
 
 
