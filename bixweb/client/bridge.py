@@ -11,9 +11,10 @@ already handed to the client's loop:
   thread until the answer (or the timeout).
 
 ``reply.result()`` on the client's own loop, e.g. in a callback, would wait
-for an answer that only the blocked loop can read: it is refused at once,
-as :meth:`Background.stop` is there. A client that is not running refuses
-every request at once with :class:`ConnectionError`.
+for an answer that only the blocked loop can read: it is refused at once.
+:meth:`Background.stop` there only asks the thread to end (it cannot join
+itself). A client that is not running refuses every request at once with
+:class:`ConnectionError`.
 """
 
 from __future__ import annotations
@@ -168,15 +169,15 @@ class Background:
         return self.thread
 
     def stop(self, timeout: float) -> None:
-        """Ask the loop to end and join the thread (from any thread but the client's own)."""
+        """Ask the loop to end and join the thread; on the thread itself (a callback), only ask."""
         thread, loop, stop = self.thread, self.loop, self._stop
         if thread is None:
             return
         if thread is threading.current_thread():
-            raise RuntimeError(
-                "stop() was called on the client's own thread (in a callback?), where it would wait for "
-                "itself; there, use `await client.disconnect()`"
-            )
+            # A callback: joining would wait for itself. Ask, and let the thread end after it returns.
+            if stop is not None:
+                stop.set()
+            return
         if loop is not None and stop is not None:
             with contextlib.suppress(RuntimeError):  # the loop has already ended
                 loop.call_soon_threadsafe(stop.set)

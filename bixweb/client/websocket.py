@@ -304,7 +304,11 @@ class WebSocketClient(Readers, Requests, ReceiveLoop):
         return self._background.start(main)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Disconnect the background client and join its thread (from any thread but the client's own)."""
+        """Disconnect the background client and join its thread, waiting up to ``timeout`` seconds.
+
+        Called on the client's own thread (in a callback), it asks the client
+        to stop and returns at once: the thread ends after the callback returns.
+        """
         self._background.stop(timeout)
 
     # -- the receive loop ------------------------------------------------
