@@ -82,6 +82,11 @@ def test_unwrap_yields_batch_messages_in_order() -> None:
     inner = [{"type": "trade", "seq": 1}, {"type": "market_update", "seq": 2}]
     assert list(unwrap({"type": "batch", "messages": inner})) == inner
     assert list(unwrap({"type": "status"})) == [{"type": "status"}]
+    deep: dict[str, object] = {"type": "trade", "seq": 9}
+    for _ in range(5_000):  # a broken server's nesting is not followed down (no RecursionError)
+        deep = {"type": "batch", "messages": [deep]}
+    assert list(unwrap({"type": "batch", "messages": [*inner, deep, "x", 3]})) == inner
+    assert list(unwrap({"type": "batch", "messages": {"not": "a list"}})) == []
 
 
 def test_message_stream_follows_the_protocol_table() -> None:

@@ -56,13 +56,18 @@ def backoff_delays(initial: float, maximum: float, rng: random.Random | None = N
 
 
 def unwrap(frame: Message) -> Iterator[Message]:
-    """The messages in one frame: the inner messages of a ``batch``, in order, else the frame."""
-    if frame.get("type") == "batch":
-        for inner in frame.get("messages", ()):
-            if isinstance(inner, dict):
-                yield from unwrap(inner)
-    else:
+    """The messages in one frame: the inner messages of a ``batch``, in order, else the frame.
+
+    A batch never holds a batch (``docs/protocol.md``); one that does is left
+    out rather than followed down, however deep a broken server nests them.
+    """
+    if frame.get("type") != "batch":
         yield frame
+        return
+    messages = frame.get("messages")
+    for inner in messages if isinstance(messages, list) else ():
+        if isinstance(inner, dict) and inner.get("type") != "batch":
+            yield inner
 
 
 def message_stream(message: Mapping[str, Any]) -> str | None:
