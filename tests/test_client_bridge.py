@@ -1,0 +1,355 @@
+"""The thread bridge (issue 14): a background client's requests from the main thread, other loops, callbacks.
+
+The server is a real process: a test that blocks its thread on ``.result()``
+must not block the server as well (an in-process server would share the
+test's loop). Every request form is timed: a right form answers within the
+issue's 1 s, a wrong one fails at once instead of waiting ``request_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from bixweb.client import WebSocketClient, book_verified
+from bixweb.errors import ProtocolError
+from tests.support import ServerProcess
+
+Message = dict[str, Any]
+AT_ONCE = 0.5
+"""What "at once" is allowed on a busy machine: well under the 1 s an answer may take, far under 10 s."""
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    """One real server for the module (``--tick-rate 20``, the seeded simulated market)."""
+    process = ServerProcess("--tick-rate", "20").start()
+    yield process
+    process.stop()
+
+
+def wait_for(check: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what or check}"
+        time.sleep(0.02)
+
+
+def started(client: WebSocketClient) -> WebSocketClient:
+    client.start_background()
+    wait_for(client.is_connected, what="connected")
+    wait_for(lambda: client.get_latest_price("BTCUSDT") is not None, what="a BTCUSDT price")
+    return client
+
+
+@pytest.fixture
+def make_background(server: ServerProcess) -> Iterator[Callable[..., WebSocketClient]]:
+    """Background clients of ``server``, connected and with a BTCUSDT price; stopped after the test."""
+    clients: list[WebSocketClient] = []
+
+    def make(**options: Any) -> WebSocketClient:
+        client = WebSocketClient(server.url, symbols="BTCUSDT,ETHUSDT", **options)
+        clients.append(client)
+        return started(client)
+
+    yield make
+    for client in clients:
+        client.stop()
+
+
+def timed(call: Callable[[], Any]) -> tuple[Any, float]:
+    began = time.monotonic()
+    result = call()
+    return result, time.monotonic() - began
+
+
+def raised(call: Callable[[], Any]) -> tuple[BaseException, float]:
+    began = time.monotonic()
+    try:
+        call()
+    except BaseException as exc:  # noqa: BLE001 - what it raised is the result
+        return exc, time.monotonic() - began
+    pytest.fail(f"{call} raised nothing")
+
+
+@pytest.mark.timeout(30)
+def test_subscribe_from_the_main_thread_answers_within_a_second(
+    make_background: Callable[..., WebSocketClient],
+) -> None:
+    client = make_background()
+    ack, took = timed(lambda: client.subscribe(["ETHUSDT"], ["trades"]).result())
+    assert took < 1.0, f"subscribe took {took:.3f} s"
+    assert (ack["type"], ack["op"], ack["symbols"], ack["channels"]) == ("ack", "subscribe", ["ETHUSDT"], ["trades"])
+    assert client.subscriptions["trades"] == ["ETHUSDT"]
+    wait_for(lambda: client.get_trades("ETHUSDT"), what="ETHUSDT trades")
+    trade = client.get_trades("ETHUSDT")[-1]
+    assert {"id", "price", "qty", "side", "time"} <= set(trade) and trade["price"] > 0
+    for symbol in ("SOLUSDT", "XRPUSDT", "ADAUSDT"):  # more samples: each one within the bound
+        _, took = timed(lambda: client.subscribe([symbol], ["trades"]).result())  # noqa: B023 - called at once
+        assert took < 1.0, f"subscribe {symbol} took {took:.3f} s"
+    unsub, took = timed(lambda: client.unsubscribe(["ETHUSDT"], ["trades"]).result(timeout=5))
+    assert took < 1.0 and unsub["op"] == "unsubscribe"
+    assert client.subscriptions["trades"] == ["ADAUSDT", "SOLUSDT", "XRPUSDT"]
+    refused, took = raised(lambda: client.subscribe(["FOOUSDT"], ["trades"]).result())
+    assert isinstance(refused, ProtocolError) and refused.code == "unknown_symbol" and took < 1.0
+
+
+@pytest.mark.timeout(30)
+def test_await_from_another_event_loop_works_and_does_not_block_it(
+    make_background: Callable[..., WebSocketClient],
+) -> None:
+    client = make_background()
+    ticks = 0
+
+    async def elsewhere() -> tuple[Message, float]:
+        nonlocal ticks
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0)
+        before = ticks
+        ack = await client.subscribe(["SOLUSDT"], ["book"])
+        rtt = await client.ping()
+        ticker.cancel()
+        assert ticks > before  # this loop ran its own task while it waited
+        return ack, rtt
+
+    (ack, rtt), took = timed(lambda: asyncio.run(elsewhere()))
+    assert took < 2.0
+    assert (ack["type"], ack["channels"], ack["symbols"]) == ("ack", ["book"], ["SOLUSDT"])
+    assert 0 < rtt < 1.0
+    wait_for(lambda: client.get_book("SOLUSDT"), what="a SOLUSDT book")
+    book = client.get_book("SOLUSDT")
+    assert book is not None and book_verified(book)
+
+
+@pytest.mark.timeout(30)
+def test_ping_answers_with_a_round_trip_time_in_both_forms(make_background: Callable[..., WebSocketClient]) -> None:
+    client = make_background()
+    rtts = [client.ping().result() for _ in range(5)]
+    assert all(isinstance(rtt, float) and 0 < rtt < 1.0 for rtt in rtts), rtts
+
+    async def ping() -> float:
+        return await client.ping()
+
+    rtt = asyncio.run(ping())
+    assert isinstance(rtt, float) and 0 < rtt < 1.0
+
+
+@pytest.mark.timeout(30)
+def test_alerts_and_annotations_from_the_main_thread(make_background: Callable[..., WebSocketClient]) -> None:
+    client = make_background()
+    note = f"bridge {uuid.uuid4().hex[:8]}"
+    created = client.alert_create("BTCUSDT", "above", level=10_000_000.0, note=note).result()
+    assert (created["type"], created["op"]) == ("alert_rules", "created")
+    [rule] = created["rules"]
+    assert (rule["symbol"], rule["condition"], rule["level"], rule["note"]) == ("BTCUSDT", "above", 10_000_000.0, note)
+    move = client.alert_create("ETHUSDT", "move", pct=50.0, window_s=60, direction="down", repeat=True).result()
+    assert (move["rules"][0]["pct"], move["rules"][0]["direction"], move["rules"][0]["repeat"]) == (50.0, "down", True)
+    listed = client.alert_list().result()
+    assert listed["op"] == "list" and {rule["id"], move["rules"][0]["id"]} <= {r["id"] for r in listed["rules"]}
+    deleted = client.alert_delete(rule["id"]).result()
+    assert deleted["op"] == "deleted" and deleted["rules"][0]["id"] == rule["id"]
+    assert rule["id"] not in {r["id"] for r in client.alert_list().result()["rules"]}
+    gone, _ = raised(lambda: client.alert_delete(rule["id"]).result())
+    assert isinstance(gone, ProtocolError) and gone.code == "unknown_rule"
+
+    added = client.annotation_add("BTCUSDT", 12_345.0, label=note).result()
+    assert (added["type"], added["op"]) == ("annotations", "added")
+    [line] = added["annotations"]
+    assert (line["symbol"], line["price"], line["label"]) == ("BTCUSDT", 12_345.0, note)
+    assert line["id"] in {a["id"] for a in client.annotation_list("BTCUSDT").result()["annotations"]}
+    assert line["id"] in {a["id"] for a in client.annotation_list().result()["annotations"]}
+    removed = client.annotation_remove(line["id"]).result()
+    assert removed["op"] == "removed" and removed["annotations"][0]["id"] == line["id"]
+    assert line["id"] not in {a["id"] for a in client.annotation_list("BTCUSDT").result()["annotations"]}
+    client.alert_delete(move["rules"][0]["id"]).result()
+
+
+@pytest.mark.timeout(30)
+def test_result_and_stop_inside_a_callback_are_refused_at_once(
+    make_background: Callable[..., WebSocketClient],
+) -> None:
+    client = make_background()
+    outcomes: dict[str, tuple[BaseException, float]] = {}
+    done = threading.Event()
+
+    def on_ticker(data: Message) -> None:
+        if done.is_set():
+            return
+        outcomes["result"] = raised(lambda: client.ping().result())
+        outcomes["stop"] = raised(client.stop)
+        done.set()
+
+    client.on_ticker.append(on_ticker)
+    assert done.wait(10), "no ticker reached the callback"
+    result_error, result_took = outcomes["result"]
+    assert isinstance(result_error, RuntimeError) and result_took < AT_ONCE, outcomes
+    assert "await" in str(result_error)  # says what to do instead
+    stop_error, stop_took = outcomes["stop"]
+    assert isinstance(stop_error, RuntimeError) and stop_took < AT_ONCE, outcomes
+    assert client.is_connected()  # neither broke the client
+    assert client.ping().result() > 0
+    assert client.callback_errors == 0
+
+
+@pytest.mark.timeout(30)
+def test_await_inside_an_async_callback_on_the_clients_own_loop(
+    make_background: Callable[..., WebSocketClient],
+) -> None:
+    """The coroutine form on the client's own loop: a bot reacting to a ticker with a request."""
+    client = make_background(request_timeout=3.0)
+    answers: list[tuple[object, float]] = []
+    done = threading.Event()
+
+    async def on_ticker(data: Message) -> None:
+        if done.is_set() or data["symbol"] != "BTCUSDT":
+            return
+        done.set()
+        began = time.monotonic()
+        try:
+            answers.append((await client.ping(), time.monotonic() - began))
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            answers.append((exc, time.monotonic() - began))
+
+    client.on_ticker.append(on_ticker)
+    wait_for(lambda: answers, timeout=10, what="the callback's ping")
+    [(rtt, took)] = answers
+    assert isinstance(rtt, float) and rtt > 0, f"await client.ping() in a callback gave {rtt!r} after {took:.2f} s"
+    assert took < 1.0
+
+
+@pytest.mark.timeout(30)
+def test_requests_fail_at_once_before_start_and_after_stop(server: ServerProcess) -> None:
+    client = WebSocketClient(server.url)
+
+    async def awaited() -> Message:
+        return await client.subscribe(["BTCUSDT"], ["trades"])
+
+    def assert_not_connected() -> None:
+        for call in (
+            lambda: client.ping().result(),
+            lambda: client.subscribe(["BTCUSDT"], ["trades"]).result(),
+            lambda: client.alert_list().result(),
+            lambda: asyncio.run(awaited()),
+        ):
+            error, took = raised(call)
+            assert isinstance(error, ConnectionError) and took < AT_ONCE, (error, took)
+
+    assert_not_connected()
+    started(client)
+    assert client.ping().result() > 0
+    client.stop()
+    assert not client.is_connected()
+    assert_not_connected()
+
+
+@pytest.mark.timeout(30)
+def test_the_wrong_form_in_the_wrong_place_fails_at_once(make_background: Callable[..., WebSocketClient]) -> None:
+    client = make_background()
+    reply = client.subscribe(["SOLUSDT"], ["trades"])
+    error, took = raised(lambda: asyncio.run(reply))  # type: ignore[arg-type]
+    assert isinstance(error, ValueError | TypeError) and took < AT_ONCE
+    assert "await" in repr(reply) and "result()" in repr(reply)  # the repr says how to use it
+    assert reply.result()["op"] == "subscribe"  # sent at call time all the same
+    for coroutine in (
+        lambda: client.connect(),
+        lambda: client.receive_messages(),
+        lambda: client.disconnect(),
+        lambda: client.get_message(timeout=5.0),
+    ):
+        error, took = raised(lambda: asyncio.run(coroutine()))  # noqa: B023 - called at once
+        assert isinstance(error, RuntimeError) and took < AT_ONCE, (coroutine, error, took)
+    assert client.is_connected() and client.ping().result() > 0  # the background client is unharmed
+
+
+@pytest.mark.timeout(30)
+def test_many_threads_at_once_all_get_their_answers(make_background: Callable[..., WebSocketClient]) -> None:
+    client = make_background()
+    symbols = ["SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT", "AVAXUSDT"]
+    go = threading.Barrier(len(symbols))
+
+    def work(symbol: str) -> list[Any]:
+        go.wait()
+        return [client.ping().result(), client.subscribe([symbol], ["trades"]).result(), client.ping().result()]
+
+    # 18 requests at once: within the server's burst (40), so none is refused
+    with concurrent.futures.ThreadPoolExecutor(len(symbols)) as pool:
+        results = dict(zip(symbols, pool.map(work, symbols), strict=True))
+    acks = [answers[1] for answers in results.values()]
+    rtts = [rtt for answers in results.values() for rtt in (answers[0], answers[2])]
+    assert len({a["id"] for a in acks}) == len(symbols)  # each request got its own answer
+    assert all(ack["symbols"] == [symbol] for symbol, ack in zip(symbols, acks, strict=True))
+    assert all(isinstance(rtt, float) and rtt > 0 for rtt in rtts)
+    assert set(client.subscriptions["trades"]) == set(symbols)
+
+
+@pytest.mark.timeout(60)
+def test_a_burst_of_requests_from_many_threads_never_waits_out_the_timeout(
+    make_background: Callable[..., WebSocketClient],
+) -> None:
+    """More requests at once than the server's burst allows (40 messages; ``max_messages_per_s`` 20).
+
+    The server drops what is over its rate with a ``rate_limited`` error that
+    carries no ``id``. Every caller must still hear back promptly: an answer
+    (a client that paces its requests to ``welcome.limits``) or the refusal,
+    never a silent ``request_timeout``.
+    """
+    client = make_background(request_timeout=5.0)
+    threads, each = 6, 10
+    go = threading.Barrier(threads)
+
+    def work(_: int) -> list[tuple[object, float]]:
+        go.wait()
+        outcomes: list[tuple[object, float]] = []
+        for _ in range(each):
+            began = time.monotonic()
+            try:
+                outcome: object = client.ping().result()
+            except Exception as exc:  # noqa: BLE001 - the outcome is checked below
+                outcome = exc
+            outcomes.append((outcome, time.monotonic() - began))
+        return outcomes
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        outcomes = [o for per_thread in pool.map(work, range(threads)) for o in per_thread]
+    assert len(outcomes) == threads * each
+    late = [(repr(o), round(t, 2)) for o, t in outcomes if not isinstance(o, float | ProtocolError)]
+    assert not late, f"{len(late)} of {len(outcomes)} requests got no answer: {late[:3]}"
+    refused = [o for o, _ in outcomes if isinstance(o, ProtocolError)]
+    assert all(o.code == "rate_limited" for o in refused)
+    assert client.is_connected()
+
+
+@pytest.mark.timeout(30)
+def test_the_state_a_bot_needs_ticker_book_trades_candles(make_background: Callable[..., WebSocketClient]) -> None:
+    client = make_background()
+    client.subscribe(["BTCUSDT"], ["trades", "book", "candles_1s"]).result()
+    wait_for(lambda: len(client.get_trades("BTCUSDT")) >= 5, what="5 trades")
+    wait_for(lambda: client.get_book("BTCUSDT"), what="a book")
+    wait_for(lambda: len(client.get_candles("BTCUSDT", "1s")) >= 2, what="2 candles")
+    ticker = client.get_ticker("BTCUSDT")
+    assert (
+        ticker is not None and ticker["symbol"] == "BTCUSDT" and ticker["price"] == client.get_latest_price("BTCUSDT")
+    )
+    assert client.get_ticker("NOPEUSDT") is None
+    last = client.get_trades("BTCUSDT", n=3)
+    assert len(last) == 3 and [t["id"] for t in last] == sorted(t["id"] for t in last)  # oldest first
+    assert last == client.get_trades("BTCUSDT")[-3:]
+    book = client.get_book("BTCUSDT")
+    assert book is not None and book_verified(book) and book["bids"] and book["asks"]
+    candles = client.get_candles("BTCUSDT", "1s")
+    assert [c["start"] for c in candles] == sorted({c["start"] for c in candles})
+    assert client.get_candles("BTCUSDT", "1h") == [] and client.get_trades("SOLUSDT") == []
