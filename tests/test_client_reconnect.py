@@ -97,11 +97,13 @@ def ticker_update(seq: int) -> Message:
 class Scripted:
     """A ``/ws`` that does, for connection ``n``, what ``script[n]`` says (the last entry thereafter).
 
-    ``close``: welcome, then close at once (4008 unless told ``close_code``). ``quiet``: welcome, stay open
-    ``hold`` seconds without data, close. ``brief``: welcome and data, close
-    after a tenth of ``hold``. ``healthy``: welcome and a ticker every 20 ms
-    for ``hold`` seconds, close 1011. ``401``/``503``: refuse the handshake
-    (the 503 with ``Retry-After: 1``).
+    ``close``: welcome, then close at once (4008 unless told ``close_code``).
+    ``quiet``: welcome, stay open ``hold`` seconds without data, close.
+    ``brief``: welcome and data, close after a tenth of ``hold``. ``healthy``:
+    welcome and a ticker every 20 ms for ``hold`` seconds, close 1011.
+    ``deaf``: as ``healthy``, but never reads (a close from the client goes
+    unanswered). ``401``/``503``: refuse the handshake (the 503 with
+    ``Retry-After: 1``).
     """
 
     def __init__(self, script: list[str], hold: float = 0.0, close_code: int = 4008) -> None:
@@ -124,12 +126,13 @@ class Scripted:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         await ws.send_json(welcome())
-        reader = asyncio.create_task(self.read(ws))  # so a close from the client is answered
+        # reading answers a close from the client
+        reader = asyncio.create_task(self.read(ws) if step != "deaf" else asyncio.sleep(self.hold))
         try:
             if step == "quiet":
                 await asyncio.wait({reader}, timeout=self.hold)
-            elif step in ("healthy", "brief"):
-                deadline = time.monotonic() + (self.hold if step == "healthy" else self.hold / 10)
+            elif step in ("healthy", "brief", "deaf"):
+                deadline = time.monotonic() + (self.hold / 10 if step == "brief" else self.hold)
                 while time.monotonic() < deadline and not ws.closed:
                     await ws.send_json(ticker_update(next(self.seq)))
                     await asyncio.sleep(0.02)
@@ -335,3 +338,27 @@ async def test_status_events_tell_of_a_drop_and_how_the_resume_went(
     assert feed["feed"] == "live" and feed["clients"] >= 1 and {"uptime_s", "last_event_ms"} <= set(feed)
     ids = [t["id"] for t in trades]
     assert ids == list(range(ids[0], ids[0] + len(ids)))  # on_trade: every trade once across the drop
+
+
+@pytest.mark.timeout(30)
+async def test_disconnect_ends_receive_messages_even_when_the_server_does_not_answer_the_close(
+    aiohttp_server: ServerFactory, make_client: ClientFactory
+) -> None:
+    """The old client's async flow: ``receive_messages()`` in a task, ``disconnect()``, then the task ends.
+
+    Against a server that never answers the close frame, the task must still
+    end as ``receive_messages()`` documents (it returns after ``disconnect()``),
+    not raise ``CancelledError`` into the bot's code.
+    """
+    server = await scripted_server(aiohttp_server, ["deaf"], hold=20.0)
+    client = make_client(server.url)
+    receiver = asyncio.create_task(client.receive_messages())
+    await eventually(lambda: client.get_latest_price("BTCUSDT") is not None, timeout=10)
+    began = time.monotonic()
+    await client.disconnect()
+    assert time.monotonic() - began < 5.0
+    async with asyncio.timeout(5):
+        done, _ = await asyncio.wait({receiver})
+    assert receiver in done and not receiver.cancelled(), "receive_messages() was cancelled by disconnect()"
+    assert receiver.result() is None
+    assert not client.is_connected() and len(server.handshakes) == 1
