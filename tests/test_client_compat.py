@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -142,7 +142,7 @@ def run_child(code: str, url: str, timeout: float = 30.0, **env: str) -> tuple[M
 
 
 @pytest.fixture(scope="module")
-def server() -> Any:
+def server() -> Iterator[ServerProcess]:
     """One real server for the examples that only read (``--tick-rate 20``)."""
     process = ServerProcess("--tick-rate", "20").start()
     yield process
