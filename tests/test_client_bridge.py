@@ -342,22 +342,47 @@ def test_a_burst_of_requests_from_many_threads_never_waits_out_the_timeout(
 
 
 @pytest.mark.timeout(30)
-def test_the_state_a_bot_needs_ticker_book_trades_candles(make_background: Callable[..., WebSocketClient]) -> None:
+def test_the_state_a_bot_needs_and_the_per_kind_callbacks(make_background: Callable[..., WebSocketClient]) -> None:
     client = make_background()
+    trades: list[Message] = []
+    books: list[Message] = []
+    candles: list[Message] = []
+    client.on_trade.append(trades.append)
+    client.on_book.append(books.append)
+    client.on_candle.append(candles.append)
     client.subscribe(["BTCUSDT"], ["trades", "book", "candles_1s"]).result()
     wait_for(lambda: len(client.get_trades("BTCUSDT")) >= 5, what="5 trades")
     wait_for(lambda: client.get_book("BTCUSDT"), what="a book")
     wait_for(lambda: len(client.get_candles("BTCUSDT", "1s")) >= 2, what="2 candles")
+    wait_for(lambda: trades and books and candles, what="a trade, a book and a candle callback")
+
     ticker = client.get_ticker("BTCUSDT")
-    assert (
-        ticker is not None and ticker["symbol"] == "BTCUSDT" and ticker["price"] == client.get_latest_price("BTCUSDT")
-    )
+    assert ticker is not None and ticker["symbol"] == "BTCUSDT" and ticker["price"] > 0
     assert client.get_ticker("NOPEUSDT") is None
     last = client.get_trades("BTCUSDT", n=3)
-    assert len(last) == 3 and [t["id"] for t in last] == sorted(t["id"] for t in last)  # oldest first
-    assert last == client.get_trades("BTCUSDT")[-3:]
+    assert [t["id"] for t in last] == list(range(last[0]["id"], last[0]["id"] + 3))  # the newest, oldest first
     book = client.get_book("BTCUSDT")
     assert book is not None and book_verified(book) and book["bids"] and book["asks"]
-    candles = client.get_candles("BTCUSDT", "1s")
-    assert [c["start"] for c in candles] == sorted({c["start"] for c in candles})
+    kept = client.get_candles("BTCUSDT", "1s")
+    assert [c["start"] for c in kept] == sorted({c["start"] for c in kept})
     assert client.get_candles("BTCUSDT", "1h") == [] and client.get_trades("SOLUSDT") == []
+
+    assert all(t["symbol"] == "BTCUSDT" and {"id", "price", "qty", "side", "time"} <= set(t) for t in trades)
+    assert [t["id"] for t in trades] == list(range(trades[0]["id"], trades[0]["id"] + len(trades)))  # live, in order
+    assert all(b["symbol"] == "BTCUSDT" and book_verified(b) for b in books)
+    assert all(
+        {"symbol", "interval", "start", "open", "high", "low", "close", "volume", "closed"} <= set(c) for c in candles
+    )
+    assert {c["interval"] for c in candles} == {"1s"}
+
+
+@pytest.mark.timeout(30)
+def test_trade_and_candle_history_are_bounded(make_background: Callable[..., WebSocketClient]) -> None:
+    client = make_background(trade_history=5, candle_history=3)
+    client.subscribe(["BTCUSDT"], ["trades", "candles_1s"]).result()
+    seen: list[Message] = []
+    client.on_trade.append(seen.append)
+    wait_for(lambda: len(seen) >= 12, what="12 trades")
+    wait_for(lambda: len(client.get_candles("BTCUSDT", "1s")) >= 3, what="3 candles")
+    assert len(client.get_trades("BTCUSDT", n=100)) == 5
+    assert len(client.get_candles("BTCUSDT", "1s")) == 3

@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -362,3 +363,48 @@ async def test_disconnect_ends_receive_messages_even_when_the_server_does_not_an
     assert receiver in done and not receiver.cancelled(), "receive_messages() was cancelled by disconnect()"
     assert receiver.result() is None
     assert not client.is_connected() and len(server.handshakes) == 1
+
+
+@pytest.mark.timeout(30)
+async def test_stop_during_a_reconnect_wait_returns_at_once(aiohttp_server: ServerFactory) -> None:
+    server = await scripted_server(aiohttp_server, ["close"])
+    client = WebSocketClient(server.url, reconnect_delay=20.0)
+    events = recorder(client)
+    await asyncio.to_thread(client.start_background)
+    try:
+        await eventually(lambda: "disconnected" in [e["event"] for e in events], timeout=10)
+    finally:
+        began = time.monotonic()
+        await asyncio.to_thread(client.stop)
+        took = time.monotonic() - began
+    assert took < 2.0, f"stop() took {took:.2f} s (the client was waiting 20 s to reconnect)"
+    assert len(server.handshakes) == 1 and not client.is_connected()
+
+
+@pytest.mark.timeout(30)
+async def test_a_request_waiting_for_an_answer_fails_when_the_connection_goes(aiohttp_server: ServerFactory) -> None:
+    """The scripted server never answers requests: a pending ``.result()`` ends with the connection
+    (dropped by the server, or the client stopped), not ``request_timeout`` later."""
+    server = await scripted_server(aiohttp_server, ["healthy", "deaf"], hold=1.5)
+    client = WebSocketClient(server.url, request_timeout=20.0, reconnect_initial=0.05, reconnect_max=0.1)
+    await asyncio.to_thread(client.start_background)
+    try:
+        await eventually(client.is_connected, timeout=10)
+        dropped, took = await asyncio.to_thread(outcome, lambda: client.ping().result())
+        assert isinstance(dropped, ConnectionError) and took < 5.0, (dropped, took)  # the 1011 after 1.5 s
+        await eventually(client.is_connected, timeout=10)  # the deaf connection
+        pending = asyncio.create_task(asyncio.to_thread(outcome, lambda: client.ping().result()))
+        await asyncio.sleep(0.3)
+    finally:
+        await asyncio.to_thread(client.stop)
+    stopped, took = await pending
+    assert isinstance(stopped, ConnectionError) and took < 3.0, (stopped, took)
+
+
+def outcome(call: Callable[[], object]) -> tuple[object, float]:
+    began = time.monotonic()
+    try:
+        result = call()
+    except Exception as exc:  # noqa: BLE001 - the outcome is the result
+        result = exc
+    return result, time.monotonic() - began
