@@ -182,30 +182,52 @@ def test_alerts_and_annotations_from_the_main_thread(make_background: Callable[.
 
 
 @pytest.mark.timeout(30)
-def test_result_and_stop_inside_a_callback_are_refused_at_once(
-    make_background: Callable[..., WebSocketClient],
-) -> None:
+def test_result_inside_a_callback_is_refused_at_once(make_background: Callable[..., WebSocketClient]) -> None:
     client = make_background()
-    outcomes: dict[str, tuple[BaseException, float]] = {}
+    outcomes: list[tuple[BaseException, float]] = []
     done = threading.Event()
 
     def on_ticker(data: Message) -> None:
-        if done.is_set():
-            return
-        outcomes["result"] = raised(lambda: client.ping().result())
-        outcomes["stop"] = raised(client.stop)
-        done.set()
+        if not done.is_set():
+            outcomes.append(raised(lambda: client.ping().result()))
+            done.set()
 
     client.on_ticker.append(on_ticker)
     assert done.wait(10), "no ticker reached the callback"
-    result_error, result_took = outcomes["result"]
-    assert isinstance(result_error, RuntimeError) and result_took < AT_ONCE, outcomes
-    assert "await" in str(result_error)  # says what to do instead
-    stop_error, stop_took = outcomes["stop"]
-    assert isinstance(stop_error, RuntimeError) and stop_took < AT_ONCE, outcomes
-    assert client.is_connected()  # neither broke the client
+    [(error, took)] = outcomes
+    assert isinstance(error, RuntimeError) and took < AT_ONCE, outcomes
+    assert "await" in str(error)  # says what to do instead
+    assert client.is_connected()  # the client is unharmed
     assert client.ping().result() > 0
     assert client.callback_errors == 0
+
+
+@pytest.mark.timeout(30)
+def test_stop_inside_a_callback_returns_at_once_and_the_client_then_stops(server: ServerProcess) -> None:
+    """On the client's own thread ``stop()`` cannot join itself: it asks the client to stop and
+    returns; the thread ends once the callback has returned."""
+    client = WebSocketClient(server.url)
+    thread = client.start_background()
+    took: list[float] = []
+
+    def on_ticker(data: Message) -> None:
+        if not took:
+            _, seconds = timed(client.stop)
+            took.append(seconds)
+
+    client.on_ticker.append(on_ticker)
+    try:
+        wait_for(lambda: took, what="the callback's stop()")
+        thread.join(5.0)
+        ended = not thread.is_alive()  # by itself, before the stop() below joins it
+    finally:
+        client.stop()
+    assert took[0] < AT_ONCE, f"stop() in a callback took {took[0]:.2f} s"
+    assert ended, "the client thread kept running after stop() in a callback"
+    assert not client.is_connected() and client.close_code == 1000
+    assert client.callback_errors == 0
+    error, _ = raised(lambda: client.ping().result())
+    assert isinstance(error, ConnectionError)
 
 
 @pytest.mark.timeout(30)
