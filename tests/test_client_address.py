@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bixweb.client import WebSocketClient
-from bixweb.client.address import DEFAULT_URL, address
+from bixweb.client.address import DEFAULT_URL, address, scrub
 
 
 def test_host_and_port_make_the_ws_path_as_the_old_client_did() -> None:
@@ -35,6 +35,13 @@ def test_a_url_goes_positionally_or_as_url(monkeypatch: pytest.MonkeyPatch) -> N
         ({"host": "bad host"}, "host must be"),
         ({"host": ""}, "host must be"),
         ({"host": "a/b"}, "host must be"),
+        ({"host": "a..b"}, "host must be"),
+        ({"host": "-bad-"}, "host must be"),
+        ({"host": "1.2.3.4.5"}, "host must be"),
+        ({"host": "999.1.1.1"}, "host must be"),
+        ({"host": "::::"}, "host must be"),
+        ({"host": ":"}, "host must be"),
+        ({"url": "ws://h:0/ws"}, "bad port"),
         ({"host": "localhost", "port": 0}, "port must be"),
         ({"host": "localhost", "port": 70000}, "port must be"),
         ({"host": "localhost", "port": "abc"}, "port must be"),
@@ -57,3 +64,22 @@ def test_a_bad_variable_raises_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BIXWEB_URL", "localhost:8080")
     with pytest.raises(ValueError, match="not a WebSocket URL"):
         WebSocketClient()
+
+
+def test_names_and_addresses_that_can_work_are_taken() -> None:
+    for host, url in [
+        ("my_host", "ws://my_host:8080/ws"),
+        ("fe80::1%eth0", "ws://[fe80::1%eth0]:8080/ws"),
+        ("[::1]", "ws://[::1]:8080/ws"),
+        ("example.com.", "ws://example.com.:8080/ws"),
+        ("10.0.0.1", "ws://10.0.0.1:8080/ws"),
+    ]:
+        assert address(host, 8080).url == url
+
+
+def test_passwords_and_tokens_never_reach_a_log_line() -> None:
+    where = address(url="ws://bot:s3cret@127.0.0.1:1/ws?token=t0p%20secret&symbols=BTCUSDT")
+    assert set(where.secrets) >= {"s3cret", "t0p secret", "t0p%20secret"}
+    line = f"cannot connect to {where.url} (ClientError: url={where.resume_url})"
+    assert "s3cret" not in scrub(line, where.secrets) and "t0p" not in scrub(line, where.secrets)
+    assert address("localhost", 1).secrets == ()

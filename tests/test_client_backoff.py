@@ -8,6 +8,7 @@ from itertools import islice
 import pytest
 
 from bixweb.client import Backoff, HandshakeRefused
+from bixweb.client.requests import Pacer
 
 
 class Ceiling(random.Random):
@@ -64,3 +65,14 @@ def test_jittered_delays_stay_under_their_ceilings() -> None:
 def test_bad_values_are_refused_at_once(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Backoff(**kwargs)  # type: ignore[arg-type]
+
+
+def test_requests_are_paced_under_the_servers_rate_in_the_order_they_come() -> None:
+    pacer = Pacer(20.0)  # the server's max_messages_per_s: bursts of 20, then 15 a second
+    assert [pacer.delay(0.0) for _ in range(20)] == [0.0] * 20
+    waits = [pacer.delay(0.0) for _ in range(15)]
+    assert waits == pytest.approx([n / 15 for n in range(1, 16)])  # each takes the next free slot
+    assert pacer.delay(10.0) == 0.0  # refilled (up to the burst) while idle
+    pacer.give_back()
+    pacer.configure(4.0)
+    assert [pacer.delay(20.0) for _ in range(5)] == pytest.approx([0, 0, 0, 0, 1 / 3])

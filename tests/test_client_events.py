@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bixweb.client.bridge import Reply, submit
+from bixweb.client.bridge import Bridge, Reply
 from bixweb.client.events import Listeners, payloads
 from bixweb.client.view import MarketView
 
@@ -104,6 +104,12 @@ def test_the_view_keeps_trades_and_candles_for_readers() -> None:
         view.trades("BTCUSDT", -1)
 
 
+def submit(loop: asyncio.AbstractEventLoop | None, make: Any, what: str, timeout: float) -> Reply[Any]:
+    bridge = Bridge()
+    bridge.open = True
+    return bridge.submit(loop, make, what, timeout)
+
+
 async def test_a_reply_is_awaited_on_its_loop_and_refuses_result_there() -> None:
     loop = asyncio.get_running_loop()
 
@@ -119,6 +125,34 @@ async def test_a_reply_is_awaited_on_its_loop_and_refuses_result_there() -> None
     assert "await" in repr(reply)
     with pytest.raises(ConnectionError, match="not running"):
         await submit(None, answer, "thing", timeout=5.0)
+    assert await asyncio.create_task(submit(loop, answer, "thing", timeout=5.0)) == 42  # a coroutine, too
+    assert await asyncio.gather(submit(loop, answer, "a", 5.0), submit(loop, answer, "b", 5.0)) == [42, 42]
+    cancelled = submit(loop, answer, "thing", timeout=5.0)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(cancelled, 0.001)  # the waiter gives up: the request is cancelled with it
+    with pytest.raises(ConnectionError, match="cancelled"):
+        await cancelled
+
+
+async def test_closing_the_bridge_fails_what_is_in_flight_at_once() -> None:
+    loop = asyncio.get_running_loop()
+    bridge = Bridge()
+    bridge.open = True
+
+    async def never() -> int:
+        await asyncio.sleep(60)
+        return 0
+
+    replies = [bridge.submit(loop, never, f"r{n}", timeout=30.0) for n in range(3)]
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    await bridge.close()
+    for reply in replies:
+        with pytest.raises(ConnectionError):
+            await reply
+    assert time.monotonic() - started < 1.0
+    with pytest.raises(ConnectionError, match="not running"):
+        await bridge.submit(loop, never, "late", timeout=30.0)
 
 
 def test_a_reply_from_another_thread_blocks_that_thread_only() -> None:
@@ -147,6 +181,7 @@ def test_a_reply_from_another_thread_blocks_that_thread_only() -> None:
         return "late"
 
     assert submit(loop, slow, "slow", timeout=5.0).result() == "done"
+    assert asyncio.run(submit(loop, slow, "slow", timeout=5.0)) == "done"  # asyncio.run takes a Reply
     assert asyncio.run(asyncio.wait_for(_awaited(submit(loop, slow, "slow", timeout=5.0)), 5)) == "done"
     started = time.monotonic()
     with pytest.raises(TimeoutError, match="no answer within 0.1 s"):
@@ -159,3 +194,21 @@ def test_a_reply_from_another_thread_blocks_that_thread_only() -> None:
 
 async def _awaited(reply: Reply[str]) -> str:
     return await reply
+
+
+def test_trades_that_fill_a_gap_reach_the_readers_too() -> None:
+    view = MarketView()
+
+    def trade(seq: int) -> dict[str, Any]:
+        data = {"id": 1000 + seq, "price": 1.0, "qty": 1.0, "side": "buy", "time": seq}
+        return {"type": "trade", "epoch": 1, "symbol": "BTCUSDT", "seq": seq, "data": data}
+
+    for seq in (1, 2, 3, 5, 6):  # 5 and 6 wait for 4
+        view.receive(trade(seq))
+    assert [t["id"] for t in view.trades("BTCUSDT", 10)] == [1001, 1002, 1003]
+    assert [m["seq"] for m in view.receive(trade(4)).deliver] == [4, 5, 6]
+    assert [t["id"] for t in view.trades("BTCUSDT", 10)] == [1001, 1002, 1003, 1004, 1005, 1006]
+    # a snapshot that does not follow on (the server no longer had the trades missed): no silent hole
+    late = [{"id": 1899, "price": 1.0, "qty": 1.0, "side": "buy", "time": 9}]
+    view.receive({"type": "initial_data", "epoch": 1, "seq": {"trades:BTCUSDT": 899}, "trades": {"BTCUSDT": late}})
+    assert [t["id"] for t in view.trades("BTCUSDT", 10)] == [1899]

@@ -8,11 +8,13 @@ one clear line instead of a reconnect loop that retries it forever.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import quote, quote_plus
 
 from yarl import URL
 
@@ -23,8 +25,11 @@ DEFAULT_URL: Final = "ws://127.0.0.1:8080/ws"
 URL_VARIABLE: Final = "BIXWEB_URL"
 """The environment variable a client without an address reads (point old code at a server)."""
 SCHEMES: Final = ("ws", "wss")
-# A host name or an IPv4/IPv6 literal; whitespace, slashes and the like never reach a resolver.
-_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:]*:[0-9A-Fa-f:.]*|[A-Za-z0-9_.-]+)$")
+# Host names: dot-separated labels that neither start nor end with "-" (and "_", which
+# resolvers accept in practice); whitespace, slashes and the like never reach a resolver.
+_LABEL = r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)"
+_NAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
+HOST_RULE: Final = "host must be a host name or an IP address (like 'localhost' or '127.0.0.1'), not {!r}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +39,15 @@ class Address:
     url: str
     resume_url: str
     """No initial subscription (``?channels=none``), so no ``initial_data``: a resume asks for what it missed."""
+    secrets: tuple[str, ...] = ()
+    """The URL's password and ``token``: never written to a log (:func:`scrub`)."""
+
+
+def scrub(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with every secret replaced by ``***`` (a URL or an error message quoting one)."""
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
 
 
 def names(value: str | Iterable[str]) -> list[str]:
@@ -60,9 +74,27 @@ def _port(port: object) -> int:
 
 
 def _host(host: object) -> str:
-    if not isinstance(host, str) or not _HOST.match(host):
-        raise ValueError(f"host must be a host name or an IP address (like 'localhost' or '127.0.0.1'), not {host!r}")
-    return host.strip("[]")
+    """``host`` if it can name a server: an IPv4 or IPv6 address (``[::1]``, ``fe80::1%eth0``) or a name."""
+    if not isinstance(host, str):
+        raise ValueError(HOST_RULE.format(host))
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if ":" in bare:
+        try:
+            ipaddress.IPv6Address(bare)
+        except ValueError:
+            raise ValueError(HOST_RULE.format(host)) from None
+        return bare
+    if not _NAME.match(host) or (all(p.isdigit() for p in host.rstrip(".").split(".")) and not _ipv4(host)):
+        raise ValueError(HOST_RULE.format(host))  # "1.2.3.4.5", "999.1.1.1": numbers, but no address
+    return host
+
+
+def _ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _url(url: str) -> URL:
@@ -76,9 +108,11 @@ def _url(url: str) -> URL:
         raise ValueError(f"not a WebSocket URL: {url!r} (it names no host)")
     _host(address.host)
     try:
-        address.port  # noqa: B018 - yarl checks the port only when asked
+        port = address.port  # yarl checks the port only when asked
     except ValueError:
-        raise ValueError(f"not a WebSocket URL: {url!r} (bad port)") from None
+        port = 0
+    if port == 0:
+        raise ValueError(f"not a WebSocket URL: {url!r} (bad port: use 1 to 65535)")
     return address
 
 
@@ -109,15 +143,18 @@ def address(
     elif host is None and port is None:
         where = _url(os.environ.get(URL_VARIABLE) or DEFAULT_URL)
     else:
-        where = URL.build(
-            scheme="ws",
-            host=_host("127.0.0.1" if host is None else host),
-            port=_port(8080 if port is None else port),
-            path="/ws",
-        )
+        name, number = _host("127.0.0.1" if host is None else host), _port(8080 if port is None else port)
+        try:
+            where = URL.build(scheme="ws", host=name, port=number, path="/ws")
+        except ValueError:
+            raise ValueError(HOST_RULE.format(host)) from None
     if symbols_query is not None:
         where = where.update_query(symbols=",".join(symbols(symbols_query)))
     if channels_query is not None:
         where = where.update_query(channels=",".join(names(channels_query)))
     rest = {k: v for k, v in where.query.items() if k not in ("symbols", "channels")}
-    return Address(str(where), str(where.with_query({**rest, "channels": "none"})))
+    raw_tokens = [part[len("token=") :] for part in where.raw_query_string.split("&") if part.startswith("token=")]
+    found = {where.password, where.raw_password, *where.query.getall("token", ()), *raw_tokens}
+    spelled = {form for secret in found if secret for form in (secret, quote(secret, safe=""), quote_plus(secret))}
+    secrets = tuple(sorted(spelled, key=len, reverse=True))  # longest first: no partial scrub
+    return Address(str(where), str(where.with_query({**rest, "channels": "none"})), secrets)

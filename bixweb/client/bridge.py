@@ -24,13 +24,18 @@ import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 OWN_LOOP = (
     "{what}: .result() was called on the client's own event loop (in a callback?), where it would wait "
-    "for itself; use `await` there"
+    "for itself; there, `await` it in a task of your own (asyncio.create_task), or send it without waiting"
+)
+IN_CALLBACK = (
+    "{what}: awaited inside a callback, which the receive loop is waiting for: the answer could not be "
+    "read until it returns. The request is sent; to use its answer, start a task "
+    "(asyncio.create_task(handle(client.{what}(...)))) or read it in on_message"
 )
 
 
@@ -42,10 +47,23 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-class Reply(Generic[T]):
-    """The answer to one request, already on its way: ``await`` it, or call :meth:`result`."""
+def _stopped(what: str) -> ConnectionError:
+    return ConnectionError(f"{what}: not connected (the client is not running)")
 
-    __slots__ = ("_future", "_loop", "_timeout", "_what")
+
+def _cancelled(what: str) -> ConnectionError:
+    return ConnectionError(f"{what}: the request was cancelled (its waiter gave up, or the client stopped)")
+
+
+class Reply(Coroutine[Any, Any, T]):
+    """The answer to one request, already on its way: ``await`` it, or call :meth:`result`.
+
+    It is a coroutine too, so ``asyncio.create_task(client.subscribe(...))``
+    and ``asyncio.run(client.ping())`` (from another thread) work as they did
+    when the requests were coroutine functions.
+    """
+
+    __slots__ = ("_future", "_loop", "_timeout", "_what", "_blocked", "_task", "_waiter")
 
     def __init__(
         self,
@@ -53,19 +71,50 @@ class Reply(Generic[T]):
         loop: asyncio.AbstractEventLoop | None,
         what: str,
         timeout: float,
+        blocked: Callable[[], bool] | None = None,
+        task: asyncio.Task[T] | None = None,
     ) -> None:
         self._future = future
         self._loop = loop
         self._what = what
         self._timeout = timeout
+        self._blocked = blocked
+        self._task = task
+        self._waiter: Coroutine[Any, Any, T] | None = None
+
+    async def _wait(self) -> T:
+        if self._future.cancelled():
+            raise _cancelled(self._what)
+        if self._blocked is not None and not self._future.done() and self._blocked():
+            raise RuntimeError(IN_CALLBACK.format(what=self._what))
+        try:
+            # The client's loop may stop before it answers: never wait longer than the request can take.
+            async with asyncio.timeout(self._timeout):
+                return await asyncio.wrap_future(self._future)
+        except asyncio.CancelledError:
+            if self._task is not None:  # the waiter gave up on the client's loop: so does the request
+                self._task.cancel()
+            raise
+        except concurrent.futures.CancelledError:
+            raise _cancelled(self._what) from None
 
     def __await__(self) -> Generator[Any, None, T]:
         return self._wait().__await__()
 
-    async def _wait(self) -> T:
-        # The client's loop may stop before it answers: never wait longer than the request can take.
-        async with asyncio.timeout(self._timeout):
-            return await asyncio.wrap_future(self._future)
+    def _coroutine(self) -> Coroutine[Any, Any, T]:
+        if self._waiter is None:
+            self._waiter = self._wait()
+        return self._waiter
+
+    def send(self, value: Any) -> Any:
+        return self._coroutine().send(value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._coroutine().throw(*args)
+
+    def close(self) -> None:
+        if self._waiter is not None:
+            self._waiter.close()
 
     def result(self, timeout: float | None = None) -> T:
         """Wait for the answer in this thread (``timeout`` seconds; default: the request's timeout).
@@ -76,12 +125,15 @@ class Reply(Generic[T]):
         """
         if self._loop is not None and running_loop() is self._loop and not self._future.done():
             raise RuntimeError(OWN_LOOP.format(what=self._what))
+        wait = self._timeout if timeout is None else timeout
         try:
-            return self._future.result(self._timeout if timeout is None else timeout)
-        except concurrent.futures.TimeoutError:
-            raise TimeoutError(
-                f"{self._what}: no answer within {self._timeout if timeout is None else timeout} s"
-            ) from None
+            return self._future.result(wait)
+        except concurrent.futures.CancelledError:
+            raise _cancelled(self._what) from None
+        except TimeoutError:
+            if self._future.done():
+                raise  # the request's own timeout
+            raise TimeoutError(f"{self._what}: no answer within {wait} s") from None
 
     def done(self) -> bool:
         """Whether the answer (or the failure) is in."""
@@ -92,39 +144,86 @@ class Reply(Generic[T]):
         return f"<Reply to {self._what} ({state}): `await` it, or call .result() from another thread>"
 
 
-def _copy_outcome(target: concurrent.futures.Future[T], task: asyncio.Future[T]) -> None:
+def _settle(target: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
+    if target.done():
+        return
     if task.cancelled():
-        target.cancel()
+        target.set_exception(ConnectionError("the request was cancelled: the client stopped or disconnected"))
     elif (error := task.exception()) is not None:
         target.set_exception(error)
     else:
         target.set_result(task.result())
 
 
-def submit(
-    loop: asyncio.AbstractEventLoop | None,
-    make: Callable[[], Coroutine[Any, Any, T]],
-    what: str,
-    timeout: float,
-) -> Reply[T]:
-    """Run ``make()`` on ``loop`` (the client's), from whichever thread calls; return its :class:`Reply`."""
-    future: concurrent.futures.Future[T]
-    if loop is None or loop.is_closed() or not loop.is_running():
-        future = concurrent.futures.Future()
-        future.set_exception(ConnectionError(f"{what}: not connected (the client is not running)"))
-    elif running_loop() is loop:
-        future = concurrent.futures.Future()
-        task = loop.create_task(make(), name=f"bixweb-{what}")
-        task.add_done_callback(lambda done: _copy_outcome(future, done))
-    else:
-        coroutine = make()
+class Bridge:
+    """The requests of one client in flight, from whichever thread made them, on the client's loop.
+
+    Every request runs as a task on the client's loop; :meth:`close` (the
+    loop is ending) cancels those still running and fails every answer still
+    awaited, so no caller waits out a timeout on a client that has stopped.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._futures: set[concurrent.futures.Future[Any]] = set()
+        self._lock = threading.Lock()
+        self.open = False
+        """Whether requests are taken (from the loop's start to its end)."""
+
+    def submit(
+        self,
+        loop: asyncio.AbstractEventLoop | None,
+        make: Callable[[], Coroutine[Any, Any, T]],
+        what: str,
+        timeout: float,
+        blocked: Callable[[], bool] | None = None,
+    ) -> Reply[T]:
+        """Run ``make()`` on ``loop`` (the client's); return its :class:`Reply` at once."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._lock:
+            usable = self.open and loop is not None and not loop.is_closed()
+            if usable:
+                self._futures.add(future)
+        if not usable or loop is None:
+            future.set_exception(_stopped(what))
+            return Reply(future, loop, what, timeout)
+        future.add_done_callback(self._forget)
+        if running_loop() is loop:
+            task = self._start(future, make, what)
+            return Reply(future, loop, what, timeout, blocked, task)
         try:
-            future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+            loop.call_soon_threadsafe(self._start, future, make, what)
         except RuntimeError:  # the loop closed meanwhile
-            coroutine.close()
-            future = concurrent.futures.Future()
-            future.set_exception(ConnectionError(f"{what}: not connected (the client has stopped)"))
-    return Reply(future, loop, what, timeout)
+            future.set_exception(_stopped(what))
+        return Reply(future, loop, what, timeout, blocked)
+
+    def _forget(self, future: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self._futures.discard(future)
+
+    def _start(
+        self, future: concurrent.futures.Future[T], make: Callable[[], Coroutine[Any, Any, T]], what: str
+    ) -> asyncio.Task[T] | None:
+        if future.done():
+            return None
+        task = asyncio.get_running_loop().create_task(make(), name=f"bixweb-{what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda done: _settle(future, done))
+        return task
+
+    async def close(self) -> None:
+        """On the client's loop, as it ends: cancel the requests running, fail those not started."""
+        with self._lock:
+            self.open = False
+            futures = list(self._futures)
+        tasks = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for future in futures:
+            if not future.done():
+                future.set_exception(ConnectionError("the client stopped before it answered"))
 
 
 class Background:
@@ -132,6 +231,7 @@ class Background:
 
     def __init__(self, name: str = "bixweb-client") -> None:
         self.name = name
+        self._lock = threading.Lock()  # two threads calling start() at once: one wins
         self.thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -147,8 +247,6 @@ class Background:
 
         ``main`` returns when ``stop`` is set (by :meth:`stop`) or when it is done.
         """
-        if self.running():
-            raise RuntimeError("the client is already running in the background")
         started = threading.Event()
 
         async def run() -> None:
@@ -163,10 +261,13 @@ class Background:
                 self._stop = None
                 started.set()
 
-        self.thread = threading.Thread(target=thread_main, name=self.name, daemon=True)
-        self.thread.start()
+        with self._lock:
+            if self.running():
+                raise RuntimeError("the client is already running in the background")
+            thread = self.thread = threading.Thread(target=thread_main, name=self.name, daemon=True)
+            thread.start()
         started.wait(timeout=5.0)
-        return self.thread
+        return thread
 
     def stop(self, timeout: float) -> None:
         """Ask the loop to end and join the thread; on the thread itself (a callback), only ask."""

@@ -23,10 +23,11 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
+from bixweb.client.address import scrub
 from bixweb.client.events import Listeners, payloads
 from bixweb.client.reconnect import Backoff, retryable
 from bixweb.client.refusal import read_refusal
-from bixweb.client.requests import Pending
+from bixweb.client.requests import Pacer, Pending
 from bixweb.client.session import Subscriptions, describe
 from bixweb.client.streams import CLOSE_REASONS, Message, unwrap
 from bixweb.client.view import MarketView
@@ -53,6 +54,8 @@ class ReceiveLoop:
     connections: int
     on_status: list[Any]
     _backoff: Backoff
+    _pacer: Pacer
+    _secrets: tuple[str, ...]
     _listeners: Listeners
     _pending: Pending
     _subs: Subscriptions
@@ -70,8 +73,10 @@ class ReceiveLoop:
         raise NotImplementedError
 
     async def _run(self) -> None:
+        announced = False  # a reconnect was announced (on_status): say so if disconnect() cancels it
         try:
             while not self._closing:
+                announced = False
                 ws = self._ws
                 if ws is None or ws.closed:
                     try:
@@ -81,9 +86,13 @@ class ReceiveLoop:
                             raise
                         delay = self._backoff.next_delay(exc)
                         target = self.resume_url if self._subs.resuming else self.url
-                        log.warning("cannot connect to %s (%s); retrying in %.2f s", target, describe(exc), delay)
-                        await self._status("retrying", error=describe(exc), reconnect_in=delay)
+                        error = scrub(describe(exc), self._secrets)
+                        log.warning(
+                            "cannot connect to %s (%s); retrying in %.2f s", scrub(target, self._secrets), error, delay
+                        )
+                        await self._status("retrying", error=error, reconnect_in=delay)
                         await self._sleep(delay)
+                        announced = True
                         continue
                 try:
                     await self._read(ws)
@@ -99,8 +108,11 @@ class ReceiveLoop:
                 log.warning("connection closed with %s (%s); reconnecting in %.2f s", self.close_code, reason, delay)
                 await self._status("disconnected", close_code=self.close_code, reason=reason, reconnect_in=delay)
                 await self._sleep(delay)
+                announced = True
+            if announced:
+                await self._status("disconnected", close_code=self.close_code, reason="disconnected", reconnect_in=None)
         except Exception as exc:
-            await self._status("failed", error=describe(exc))
+            await self._status("failed", error=scrub(describe(exc), self._secrets))
             raise
         finally:
             await self._release()
@@ -136,7 +148,7 @@ class ReceiveLoop:
         self._online.set()
         assert self._connected is not None
         self._connected.set()
-        log.info("connected to %s", url)
+        log.info("connected to %s", scrub(url, self._secrets))
         await self._status("connected", connections=self.connections, resumed=resuming)
         return ws
 
@@ -196,10 +208,14 @@ class ReceiveLoop:
 
     async def _deliver(self, message: Message) -> None:
         kind = message.get("type")
-        if "seq" in message:
+        if isinstance(message.get("seq"), int):  # a data message (an initial_data's seq is a map)
             self._backoff.data_seen = True
         if kind == "welcome":
             self.welcome = message
+            limits = message.get("limits")
+            rate = limits.get("max_messages_per_s") if isinstance(limits, dict) else None
+            if isinstance(rate, int | float) and rate > 0:
+                self._pacer.configure(float(rate))
             self._subs.on_welcome(message)
         elif kind == "ack":
             self._subs.on_ack(message)

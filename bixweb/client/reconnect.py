@@ -85,6 +85,5 @@ class Backoff:
         return healthy
 
     def reset(self) -> None:
-        """Start over (a :meth:`~bixweb.client.WebSocketClient.connect` the user asked for)."""
+        """Start the delays over (the user started the client: ``connect()``, ``start_background()``)."""
         self._delays = None
-        self._opened_at = None

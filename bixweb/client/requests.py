@@ -17,7 +17,7 @@ from typing import Any, Final, Literal, TypeVar
 
 from bixweb.client.address import names
 from bixweb.client.address import symbols as symbol_names
-from bixweb.client.bridge import Reply, submit
+from bixweb.client.bridge import Bridge, Reply
 from bixweb.client.session import subscription
 from bixweb.client.streams import Message, error_from_message
 
@@ -30,6 +30,42 @@ ANSWERS: Final = frozenset({"ack", "pong", "alert_rules", "annotations"})
 def request(kind: str, **fields: Any) -> Message:
     """A client message: ``type`` and the fields given, ``None`` ones left out (the server's defaults)."""
     return {"type": kind, **{name: value for name, value in fields.items() if value is not None}}
+
+
+class Pacer:
+    """Paces a client's requests under the server's rate limit: a token bucket, as values.
+
+    The server answers a message over its limit with a ``rate_limited`` error
+    that carries no ``id`` (it drops the message unread), so the request it
+    dropped could only time out. The client keeps under the limit instead:
+    three quarters of ``max_messages_per_s`` (the server charges costly
+    messages more), with bursts up to the limit. Each request reserves its
+    slot; :meth:`delay` says how long it waits for it.
+    """
+
+    def __init__(self, per_second: float = 20.0) -> None:
+        self.rate = self.burst = 0.0
+        self._tokens = 0.0
+        self._at: float | None = None
+        self.configure(per_second)
+
+    def configure(self, per_second: float) -> None:
+        """The limit the server announced (``welcome.limits.max_messages_per_s``)."""
+        self.rate = max(0.1, 0.75 * per_second)
+        self.burst = self._tokens = max(1.0, per_second)
+        self._at = None
+
+    def delay(self, now: float) -> float:
+        """Take one slot; the seconds to wait before sending in it."""
+        if self._at is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        self._tokens -= 1.0
+        return max(0.0, -self._tokens / self.rate)
+
+    def give_back(self) -> None:
+        """A slot taken by :meth:`delay` and not used."""
+        self._tokens += 1.0
 
 
 class Pending:
@@ -76,12 +112,20 @@ class Requests:
 
     request_timeout: float
     _loop: asyncio.AbstractEventLoop | None
+    _bridge: Bridge
+    _run_task: asyncio.Task[None] | None
 
     async def _ask(self, message: Message) -> Message:
         raise NotImplementedError
 
+    def _in_receive_loop(self) -> bool:
+        """Whether this code runs inside the receive loop (a callback): it cannot wait for an answer there."""
+        return self._run_task is not None and asyncio.current_task() is self._run_task
+
     def _submit(self, what: str, make: Callable[[], Coroutine[Any, Any, T]]) -> Reply[T]:
-        return submit(self._loop, make, what, self.request_timeout + 1.0)
+        # A request may wait for a connection, then for its answer: each up to request_timeout.
+        timeout = 2 * self.request_timeout + 1.0
+        return self._bridge.submit(self._loop, make, what, timeout, blocked=self._in_receive_loop)
 
     def _asking(self, what: str, message: Message) -> Reply[Message]:
         return self._submit(what, lambda: self._ask(message))

@@ -241,6 +241,10 @@ class MarketView:
 
     def _accept(self, key: str, epoch: int, seq: int, message: Message) -> None:
         self._positions[key] = (epoch, seq)
+        self._record(message)
+
+    def _record(self, message: Message) -> None:
+        """Keep what a delivered message says for the readers (``ticker``, ``book``, ``trades``, ``candles``)."""
         kind = message.get("type")
         if kind == "market_update":
             self._tickers[message["symbol"]] = message["data"]
@@ -271,7 +275,10 @@ class MarketView:
         for symbol, trades in message.get("trades", {}).items():
             if trades:
                 series = self._trade_series(symbol)
-                kept = [t for t in series if t.get("id", 0) < trades[0].get("id", 0)]
+                first = trades[0].get("id", 0)
+                if series and series[-1].get("id", 0) < first - 1:
+                    series.clear()  # missed trades between: no silent hole in get_trades()
+                kept = [t for t in series if t.get("id", 0) < first]
                 series.clear()
                 series.extend([*kept, *trades])
         for interval, by_symbol in message.get("candles", {}).items():
@@ -288,6 +295,8 @@ class MarketView:
         if len(held) > MAX_HELD:
             log.error("%s: the gap after seq %d was not filled; delivering %d held trades", key, last, len(held))
             out = [held[n] for n in sorted(held)]
+            for released in out:
+                self._record(released)
             self._positions[key] = (epoch, max(held))
             del self._held[key]
             return Received(out)
@@ -315,6 +324,7 @@ class MarketView:
         while last + 1 in held:
             last += 1
             out.append(held.pop(last))
+            self._record(out[-1])
         self._positions[key] = (epoch, last)
         if not held:
             del self._held[key]

@@ -40,6 +40,7 @@ import queue
 import random
 import ssl as ssl_module
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
@@ -47,15 +48,16 @@ import aiohttp
 import orjson
 
 from bixweb.client.address import address
-from bixweb.client.bridge import Background, running_loop
+from bixweb.client.bridge import Background, Bridge, running_loop
 from bixweb.client.events import Listeners
 from bixweb.client.readers import Readers
 from bixweb.client.receive import ReceiveLoop, Socket
 from bixweb.client.reconnect import Backoff
-from bixweb.client.requests import Pending, Requests
+from bixweb.client.requests import Pacer, Pending, Requests
 from bixweb.client.session import Subscriptions, describe
 from bixweb.client.streams import Callback, Message
 from bixweb.client.view import CANDLE_HISTORY, TRADE_HISTORY, MarketView
+from bixweb.errors import ProtocolError
 
 log = logging.getLogger("bixweb.client")
 T = TypeVar("T")
@@ -130,6 +132,7 @@ class WebSocketClient(Readers, Requests, ReceiveLoop):
             raise ValueError("queue_size must be at least 1")
         where = address(host, port, url, symbols_query=symbols, channels_query=channels)
         self.url, self.resume_url = where.url, where.resume_url
+        self._secrets = tuple(sorted({*where.secrets, token}, key=len, reverse=True)) if token else where.secrets
         self.auto_reconnect = auto_reconnect
         self.request_timeout, self.connect_timeout = request_timeout, connect_timeout
         self.heartbeat, self.max_message_size = heartbeat, max_message_size
@@ -165,6 +168,8 @@ class WebSocketClient(Readers, Requests, ReceiveLoop):
         self._pending = Pending()
         self._subs = Subscriptions(self.view, self._ask, self._close_socket, self._on_resumed)
         self._background = Background()
+        self._bridge = Bridge()
+        self._pacer = Pacer()
         self._online = threading.Event()
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -204,7 +209,6 @@ class WebSocketClient(Readers, Requests, ReceiveLoop):
                 return
             failure = None if task.cancelled() else task.exception()  # the loop ended first
             raise failure or ConnectionError("the receive loop ended before it connected")
-        self._backoff.reset()
         try:
             await self._open()
         except BaseException:
@@ -223,8 +227,16 @@ class WebSocketClient(Readers, Requests, ReceiveLoop):
         self._closing = False
         if self._run_task is None or self._run_task.done():
             self._start()
-        assert self._run_task is not None
-        await self._run_task
+        task = self._run_task
+        assert task is not None
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if task.cancelled() and self._closing:
+            return  # disconnect() had to cut a loop that hung (a peer that never answers the close)
+        task.result()
 
     async def disconnect(self) -> None:
         """Close the socket (1000) and stop the receive loop; no reconnect follows.
@@ -266,10 +278,20 @@ class WebSocketClient(Readers, Requests, ReceiveLoop):
     # -- requests --------------------------------------------------------
 
     async def _ask(self, message: Message) -> Message:
-        """Send ``message`` with a new ``id``; the answer that echoes it (raises an ``error`` answer)."""
-        ws = self._ws
-        if ws is None or ws.closed or self._ended():
-            raise ConnectionError("not connected")
+        """Send ``message`` with a new ``id``; the answer that echoes it (raises an ``error`` answer).
+
+        Between connections (just started, reconnecting) it waits for the next
+        one, up to ``request_timeout``; it keeps under the server's rate limit.
+        """
+        ws = await self._socket()
+        delay = self._pacer.delay(time.monotonic())
+        if delay > self.request_timeout:
+            self._pacer.give_back()
+            limit = f"{self._pacer.burst:g} a second"
+            raise ProtocolError("rate_limited", f"more requests than the server takes ({limit}): slow down")
+        if delay > 0:
+            await asyncio.sleep(delay)
+            ws = await self._socket()
         request_id, future = self._pending.open()
         try:
             await ws.send_frame(orjson.dumps({**message, "id": request_id}), aiohttp.WSMsgType.TEXT)
@@ -277,6 +299,23 @@ class WebSocketClient(Readers, Requests, ReceiveLoop):
                 return await future
         finally:
             self._pending.close(request_id)
+
+    async def _socket(self) -> Socket:
+        """The open socket, waiting for one while the receive loop (re)connects."""
+        ws, task = self._ws, self._run_task
+        if ws is not None and not ws.closed:
+            return ws
+        if task is None or task.done() or self._connected is None or self._closing:
+            raise ConnectionError("not connected")
+        connected = asyncio.ensure_future(self._connected.wait())
+        try:
+            await asyncio.wait({connected, task}, timeout=self.request_timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            connected.cancel()
+        ws = self._ws
+        if ws is None or ws.closed:
+            raise ConnectionError(f"not connected (no connection within {self.request_timeout:g} s)")
+        return ws
 
     # -- background thread -----------------------------------------------
 
@@ -289,15 +328,18 @@ class WebSocketClient(Readers, Requests, ReceiveLoop):
         """
 
         async def main(started: Callable[[], None], stop: asyncio.Event) -> None:
-            self._bind_loop()
-            self._closing = False
-            self._start()
-            started()
-            assert self._run_task is not None
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({self._run_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            await self.disconnect()
+            try:
+                self._bind_loop()
+                self._closing = False
+                self._start()
+                started()
+                assert self._run_task is not None
+                stopper = asyncio.create_task(stop.wait())
+                await asyncio.wait({self._run_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                stopper.cancel()
+                await self.disconnect()
+            finally:
+                await self._bridge.close()  # no request from another thread waits out its timeout
 
         if self._run_task is not None and not self._run_task.done():
             raise RuntimeError("the client is already running (in the background, or on an event loop)")
@@ -308,8 +350,19 @@ class WebSocketClient(Readers, Requests, ReceiveLoop):
 
         Called on the client's own thread (in a callback), it asks the client
         to stop and returns at once: the thread ends after the callback returns.
+        A client running on the program's loop (no background thread) is
+        disconnected the same way: at once from another thread, or soon from its loop.
         """
-        self._background.stop(timeout)
+        if self._background.thread is not None:
+            self._background.stop(timeout)
+            return
+        loop = self._loop
+        if loop is None or loop.is_closed() or self._ended():
+            return
+        if running_loop() is loop:
+            loop.create_task(self.disconnect(), name="bixweb-stop")
+        else:
+            asyncio.run_coroutine_threadsafe(self.disconnect(), loop).result(timeout)
 
     # -- the receive loop ------------------------------------------------
 
@@ -326,6 +379,8 @@ class WebSocketClient(Readers, Requests, ReceiveLoop):
         if self._stop is not None:
             self._stop.clear()
         self._failure = None
+        self._backoff.reset()
+        self._bridge.open = True
         self._run_task = asyncio.create_task(self._run(), name="bixweb-client")
         self._run_task.add_done_callback(self._ended_with)
 
