@@ -5,9 +5,11 @@ from __future__ import annotations
 import random
 from itertools import islice
 
+import aiohttp
 import pytest
 
 from bixweb.client import Backoff, HandshakeRefused
+from bixweb.client.reconnect import retryable
 from bixweb.client.requests import Pacer
 
 
@@ -76,3 +78,11 @@ def test_requests_are_paced_under_the_servers_rate_in_the_order_they_come() -> N
     pacer.give_back()
     pacer.configure(4.0)
     assert [pacer.delay(20.0) for _ in range(5)] == pytest.approx([0, 0, 0, 0, 1 / 3])
+
+
+def test_what_is_retried_and_what_ends_the_loop() -> None:
+    assert retryable(OSError("connection refused")) and retryable(TimeoutError())
+    assert retryable(aiohttp.ClientConnectionError()) and retryable(HandshakeRefused(503, "server_full", "full"))
+    assert not retryable(HandshakeRefused(401, "invalid_token", "no")) and not retryable(ValueError("bug"))
+    page = aiohttp.WSServerHandshakeError(None, (), status=200, message="Invalid response status")  # type: ignore[arg-type]
+    assert not retryable(page)  # ws://host:8080/ (the dashboard), not /ws: retrying cannot help

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -28,6 +29,7 @@ from bixweb.client import HandshakeRefused, WebSocketClient
 from tests.client_fixtures import (
     ClientFactory,
     ServerFactory,
+    bixweb_server_fixture,  # noqa: F401 - fixture "bixweb_server"
     bot_connections,
     eventually,
     make_bixweb_server_fixture,  # noqa: F401 - fixture "make_bixweb_server"
@@ -408,3 +410,18 @@ def outcome(call: Callable[[], object]) -> tuple[object, float]:
     except Exception as exc:  # noqa: BLE001 - the outcome is the result
         result = exc
     return result, time.monotonic() - began
+
+
+@pytest.mark.timeout(20)
+async def test_a_url_that_is_no_socket_ends_the_loop_instead_of_retrying_forever(
+    bixweb_server: TestServer, make_client: ClientFactory
+) -> None:
+    page = f"ws://{bixweb_server.host}:{bixweb_server.port}/"  # the dashboard: 200 and HTML, no upgrade
+    client = make_client(page, reconnect_initial=0.01, reconnect_max=0.02)
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await client.connect()
+    started = time.monotonic()
+    with pytest.raises(aiohttp.WSServerHandshakeError):
+        await client.receive_messages()  # one attempt, not a retry loop
+    assert time.monotonic() - started < 5.0
+    assert isinstance(client.failure, aiohttp.WSServerHandshakeError) and not client.is_connected()

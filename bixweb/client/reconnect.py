@@ -20,11 +20,14 @@ from bixweb.errors import HandshakeRefused
 
 
 def retryable(exc: BaseException) -> bool:
-    """Connection failures worth retrying: network errors and transient refusals; a refusal
-    that is not transient (a bad token, an unknown symbol) will not change by itself."""
+    """Connection failures worth retrying: network errors and transient refusals. A refusal
+    that is not transient (a bad token, an unknown symbol) will not change by itself, nor will
+    an answer that is no upgrade at all (``200`` from a web page, a ``301``)."""
     if isinstance(exc, HandshakeRefused):
         return exc.transient
-    return isinstance(exc, aiohttp.ClientError | OSError | TimeoutError)  # with a 2xx or 3xx answer to the upgrade
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        return False  # a page, a redirect or a bad upgrade at that URL: not a bixweb socket, and it will not become one
+    return isinstance(exc, aiohttp.ClientError | OSError | TimeoutError)
 
 
 class Backoff:
