@@ -59,8 +59,8 @@ lint:                        ## ruff's lint rules and its formatting (`ruff form
 typecheck:
 	$(BIN)/mypy
 
-pytest:
-	$(BIN)/python -m pytest
+pytest:                      ## the suite on two workers (pytest-xdist): most tests wait on sockets and timers
+	$(BIN)/python -m pytest -n 2
 
 clean:
 	rm -rf $(VENV) node_modules *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts build dist
