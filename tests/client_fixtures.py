@@ -8,6 +8,7 @@ processes come from ``server_process`` in ``conftest.py``.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -28,7 +29,9 @@ ServerFactory = Callable[..., Awaitable[TestServer]]
 @pytest.fixture(name="bixweb_server")
 async def bixweb_server_fixture(aiohttp_server: ServerFactory) -> AsyncIterator[TestServer]:
     """The real app in-process, with the seeded simulated market at 20 ticks/s."""
-    server = await aiohttp_server(create_app(Settings(tick_rate=20.0)))
+    server = await aiohttp_server(
+        create_app(Settings(tick_rate=20.0, data_dir=tempfile.mkdtemp(prefix="bixweb-test-")))
+    )
     yield server
 
 
@@ -37,6 +40,7 @@ async def make_bixweb_server_fixture(aiohttp_server: ServerFactory) -> AsyncIter
     """Start the real app in-process with these settings (``tick_rate=40.0``, ...)."""
 
     async def make(**settings: Any) -> TestServer:
+        settings.setdefault("data_dir", tempfile.mkdtemp(prefix="bixweb-test-"))  # not the user's data directory
         server: TestServer = await aiohttp_server(create_app(Settings(**settings)))
         return server
 

@@ -73,8 +73,13 @@ def test_names_and_addresses_that_can_work_are_taken() -> None:
         ("[::1]", "ws://[::1]:8080/ws"),
         ("example.com.", "ws://example.com.:8080/ws"),
         ("10.0.0.1", "ws://10.0.0.1:8080/ws"),
+        ("bücher.de", "ws://xn--bcher-kva.de:8080/ws"),
     ]:
         assert address(host, 8080).url == url
+    # the old client's server had no path: ws://host:8765 means bixweb's socket, /ws
+    assert address(url="ws://h:8765").url == "ws://h:8765/ws"
+    assert address(url="ws://h:8765?token=a%20b").url == "ws://h:8765/ws?token=a%20b"
+    assert address(url="ws://h:8765/").url == "ws://h:8765/"  # a path given is kept
 
 
 def test_passwords_and_tokens_never_reach_a_log_line() -> None:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlsplit
 
 from yarl import URL
 
@@ -84,7 +84,11 @@ def _host(host: object) -> str:
         except ValueError:
             raise ValueError(HOST_RULE.format(host)) from None
         return bare
-    if not _NAME.match(host) or (all(p.isdigit() for p in host.rstrip(".").split(".")) and not _ipv4(host)):
+    try:
+        ascii_name = host.encode("idna").decode("ascii") if not host.isascii() else host  # "bücher.de"
+    except UnicodeError:
+        raise ValueError(HOST_RULE.format(host)) from None
+    if not _NAME.match(ascii_name) or (all(p.isdigit() for p in host.rstrip(".").split(".")) and not _ipv4(host)):
         raise ValueError(HOST_RULE.format(host))  # "1.2.3.4.5", "999.1.1.1": numbers, but no address
     return host
 
@@ -113,6 +117,8 @@ def _url(url: str) -> URL:
         port = 0
     if port == 0:
         raise ValueError(f"not a WebSocket URL: {url!r} (bad port: use 1 to 65535)")
+    if not urlsplit(url).path:  # "ws://host:8765", as the old client's server was addressed: bixweb's is /ws
+        address = address.with_path("/ws", keep_query=True)
     return address
 
 

@@ -47,6 +47,13 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+def _fail(future: concurrent.futures.Future[Any], error: BaseException) -> None:
+    """Fail ``future`` unless another thread settled or cancelled it first."""
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if not future.done():
+            future.set_exception(error)
+
+
 def _stopped(what: str) -> ConnectionError:
     return ConnectionError(f"{what}: not connected (the client is not running)")
 
@@ -90,7 +97,7 @@ class Reply(Coroutine[Any, Any, T]):
         try:
             # The client's loop may stop before it answers: never wait longer than the request can take.
             async with asyncio.timeout(self._timeout):
-                return await asyncio.wrap_future(self._future)
+                return await asyncio.wrap_future(self._future)  # given up on, it cancels the request too
         except asyncio.CancelledError:
             if self._task is not None:  # the waiter gave up on the client's loop: so does the request
                 self._task.cancel()
@@ -133,6 +140,7 @@ class Reply(Coroutine[Any, Any, T]):
         except TimeoutError:
             if self._future.done():
                 raise  # the request's own timeout
+            self._future.cancel()  # and so the request: it must not take effect after its caller gave up
             raise TimeoutError(f"{self._what}: no answer within {wait} s") from None
 
     def done(self) -> bool:
@@ -145,14 +153,23 @@ class Reply(Coroutine[Any, Any, T]):
 
 
 def _settle(target: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
-    if target.done():
-        return
     if task.cancelled():
-        target.set_exception(ConnectionError("the request was cancelled: the client stopped or disconnected"))
+        _fail(target, ConnectionError("the request was cancelled: the client stopped or disconnected"))
     elif (error := task.exception()) is not None:
-        target.set_exception(error)
+        _fail(target, error)
     else:
-        target.set_result(task.result())
+        with contextlib.suppress(concurrent.futures.InvalidStateError):
+            if not target.done():
+                target.set_result(task.result())
+
+
+def _follow_cancel(
+    loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], future: concurrent.futures.Future[Any]
+) -> None:
+    """The caller gave up on ``future`` (from any thread): cancel the request's ``task`` on its loop."""
+    if future.cancelled():
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the task is gone with it
+            loop.call_soon_threadsafe(task.cancel)
 
 
 class Bridge:
@@ -185,7 +202,7 @@ class Bridge:
             if usable:
                 self._futures.add(future)
         if not usable or loop is None:
-            future.set_exception(_stopped(what))
+            _fail(future, _stopped(what))
             return Reply(future, loop, what, timeout)
         future.add_done_callback(self._forget)
         if running_loop() is loop:
@@ -194,7 +211,7 @@ class Bridge:
         try:
             loop.call_soon_threadsafe(self._start, future, make, what)
         except RuntimeError:  # the loop closed meanwhile
-            future.set_exception(_stopped(what))
+            _fail(future, _stopped(what))
         return Reply(future, loop, what, timeout, blocked)
 
     def _forget(self, future: concurrent.futures.Future[Any]) -> None:
@@ -206,10 +223,12 @@ class Bridge:
     ) -> asyncio.Task[T] | None:
         if future.done():
             return None
-        task = asyncio.get_running_loop().create_task(make(), name=f"bixweb-{what}")
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(make(), name=f"bixweb-{what}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda done: _settle(future, done))
+        future.add_done_callback(lambda done: _follow_cancel(loop, task, done))
         return task
 
     async def close(self) -> None:
@@ -222,8 +241,7 @@ class Bridge:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         for future in futures:
-            if not future.done():
-                future.set_exception(ConnectionError("the client stopped before it answered"))
+            _fail(future, ConnectionError("the client stopped before it answered"))
 
 
 class Background:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, Literal
 
+from bixweb.client.bridge import Reply
 from bixweb.client.streams import Callback, Message
 
 log = logging.getLogger("bixweb.client")
@@ -96,7 +97,7 @@ class Listeners:
             for callback in list(getattr(self._owner, name)):
                 try:
                     result = callback(payload)
-                    if inspect.isawaitable(result):
+                    if inspect.isawaitable(result) and not isinstance(result, Reply):  # a request sent, not waited for
                         await result
                 except Exception:
                     self._failed(callback, name)

@@ -24,6 +24,7 @@ import aiohttp
 import orjson
 
 from bixweb.client.address import scrub
+from bixweb.client.bridge import Bridge
 from bixweb.client.events import Listeners, payloads
 from bixweb.client.reconnect import Backoff, retryable
 from bixweb.client.refusal import read_refusal
@@ -58,6 +59,7 @@ class ReceiveLoop:
     _secrets: tuple[str, ...]
     _listeners: Listeners
     _pending: Pending
+    _bridge: Bridge
     _subs: Subscriptions
     _online: threading.Event
     _closing: bool
@@ -71,6 +73,12 @@ class ReceiveLoop:
 
     def _wake(self) -> None:
         raise NotImplementedError
+
+    def _restored(self) -> None:
+        """The subscriptions are back on the new socket: requests waiting for it go now."""
+        ws = self._ws
+        if ws is not None and not ws.closed and self._connected is not None:
+            self._connected.set()
 
     async def _run(self) -> None:
         announced = False  # a reconnect was announced (on_status): say so if disconnect() cancels it
@@ -116,6 +124,7 @@ class ReceiveLoop:
             raise
         finally:
             await self._release()
+            await self._bridge.close()  # requests in flight cannot be answered now: fail them at once
             self._wake()
 
     async def _sleep(self, delay: float) -> None:
@@ -145,9 +154,7 @@ class ReceiveLoop:
         self._backoff.opened(time.monotonic())
         if not resuming:
             self.view.reset()
-        self._online.set()
-        assert self._connected is not None
-        self._connected.set()
+        self._online.set()  # requests wait for _connected: set once the subscriptions are back (welcome)
         log.info("connected to %s", scrub(url, self._secrets))
         await self._status("connected", connections=self.connections, resumed=resuming)
         return ws
@@ -157,7 +164,7 @@ class ReceiveLoop:
             if frame.type is aiohttp.WSMsgType.TEXT:
                 await self._on_frame(frame.data)
             elif frame.type is aiohttp.WSMsgType.ERROR:
-                log.warning("socket error: %s", describe(ws.exception()))
+                log.warning("socket error: %s", scrub(describe(ws.exception()), self._secrets))
                 return
             else:
                 log.debug("ignored a %s frame", frame.type.name)
@@ -219,7 +226,8 @@ class ReceiveLoop:
             self._subs.on_welcome(message)
         elif kind == "ack":
             self._subs.on_ack(message)
-        self._pending.answer(message)
+        if self._pending.answer(message):
+            self._pacer.drain()
         self._enqueue(message)
         await self._listeners.call("message", message)
         for what, payload in payloads(message):

@@ -25,6 +25,9 @@ T = TypeVar("T")
 
 ANSWERS: Final = frozenset({"ack", "pong", "alert_rules", "annotations"})
 """Message types that answer a request (besides ``error``)."""
+IN_ORDER: Final = frozenset({"subscribe", "unsubscribe", "ping"})
+"""Requests the server answers at once, in the order they came (alerts and annotations may wait
+for the process that keeps them)."""
 
 
 def request(kind: str, **fields: Any) -> Message:
@@ -67,6 +70,10 @@ class Pacer:
         """A slot taken by :meth:`delay` and not used."""
         self._tokens += 1.0
 
+    def drain(self) -> None:
+        """The server refused a message for its rate (it charges costly ones more): wait for slots."""
+        self._tokens = min(self._tokens, 0.0)
+
 
 class Pending:
     """Futures of the requests sent and not answered yet, by ``id``."""
@@ -74,28 +81,46 @@ class Pending:
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._futures: dict[int, asyncio.Future[Message]] = {}
+        self._kinds: dict[int, str] = {}
+        self.rate_limited = 0
+        """``rate_limited`` errors the server sent (with no ``id``: each fails the request it dropped)."""
 
-    def open(self) -> tuple[int, asyncio.Future[Message]]:
+    def open(self, kind: str = "") -> tuple[int, asyncio.Future[Message]]:
         """A new request id, and the future its answer will set (on the running loop)."""
         request_id = next(self._ids)
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._futures[request_id] = future
+        self._kinds[request_id] = kind
         return request_id, future
 
     def close(self, request_id: int) -> None:
         self._futures.pop(request_id, None)
+        self._kinds.pop(request_id, None)
 
-    def answer(self, message: Mapping[str, Any]) -> None:
-        """Settle the request that ``message`` answers, if it answers one still waiting."""
+    def answer(self, message: Mapping[str, Any]) -> bool:
+        """Settle the request that ``message`` answers; whether it was a ``rate_limited`` refusal.
+
+        The server drops a message over its rate unread, so its ``rate_limited``
+        error has no ``id``: it fails the oldest request still waiting among
+        those answered in order (the server reads a connection's messages in
+        order, and answered every earlier one before it).
+        """
         request_id = message.get("id")
+        if request_id is None and message.get("type") == "error" and message.get("code") == "rate_limited":
+            self.rate_limited += 1
+            waiting = [n for n, kind in self._kinds.items() if kind in IN_ORDER and not self._futures[n].done()]
+            if waiting:
+                self._futures[min(waiting)].set_exception(error_from_message(message))
+            return True
         future = self._futures.get(request_id) if isinstance(request_id, int) else None
         if future is None or future.done():
-            return
+            return False
         kind = message.get("type")
         if kind == "error":
             future.set_exception(error_from_message(message))
         elif kind in ANSWERS:
             future.set_result(dict(message))
+        return False
 
     def fail_all(self, error: BaseException) -> None:
         """The connection is gone: every request waiting raises ``error``."""
@@ -123,8 +148,8 @@ class Requests:
         return self._run_task is not None and asyncio.current_task() is self._run_task
 
     def _submit(self, what: str, make: Callable[[], Coroutine[Any, Any, T]]) -> Reply[T]:
-        # A request may wait for a connection, then for its answer: each up to request_timeout.
-        timeout = 2 * self.request_timeout + 1.0
+        # request_timeout bounds the whole request (a connection, a slot, the answer); a little more here.
+        timeout = self.request_timeout + 1.0
         return self._bridge.submit(self._loop, make, what, timeout, blocked=self._in_receive_loop)
 
     def _asking(self, what: str, message: Message) -> Reply[Message]:

@@ -58,9 +58,11 @@ class Subscriptions:
         ask: Ask,
         reconnect: Callable[[bytes], Awaitable[None]],
         resumed: Callable[[bool], Awaitable[None]],
+        restored: Callable[[], None],
     ) -> None:
         self._view = view
         self._ask = ask
+        self._restored = restored  # called once the subscriptions are back (or need nothing)
         self._reconnect = reconnect  # close the socket: the receive loop then resumes
         self._resumed = resumed
         self._lock = threading.Lock()
@@ -99,15 +101,25 @@ class Subscriptions:
             if self._wanted is None:
                 self._wanted = have
             wanted = set(self._wanted)
+        # The user's requests wait until these are sent and answered: an unsubscribe made during the
+        # reconnect must come after the resume's subscribe, or the resume would undo it.
         if self.resuming:
             resumes = resume_requests(wanted - have, self._view.positions())
             log.info("resuming: %d requests", len(resumes))
-            self._spawn(self._resume(resumes), "bixweb-resume")
+            self._spawn(self._then_restored(lambda: self._resume(resumes)), "bixweb-resume")
             return
         requests = subscription_requests(have, wanted)
         if requests:
             log.info("restoring subscriptions: %d requests", len(requests))
-            self._spawn(self._restore(requests), "bixweb-resubscribe")
+            self._spawn(self._then_restored(lambda: self._restore(requests)), "bixweb-resubscribe")
+        else:
+            self._restored()
+
+    async def _then_restored(self, work: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await work()
+        finally:
+            self._restored()
 
     def on_ack(self, message: Message) -> None:
         streams = {(c, s) for c in message.get("channels", ()) for s in message.get("symbols", ())}

@@ -47,7 +47,7 @@ from typing import TypeVar
 import aiohttp
 import orjson
 
-from bixweb.client.address import address
+from bixweb.client.address import address, scrub
 from bixweb.client.bridge import Background, Bridge, running_loop
 from bixweb.client.events import Listeners
 from bixweb.client.readers import Readers
@@ -166,7 +166,9 @@ class WebSocketClient(Readers, Requests, ReceiveLoop):
         """Messages dropped from the full queue."""
         self._listeners = Listeners(self)
         self._pending = Pending()
-        self._subs = Subscriptions(self.view, self._ask, self._close_socket, self._on_resumed)
+        self._subs = Subscriptions(
+            self.view, lambda m: self._ask(m, restoring=True), self._close_socket, self._on_resumed, self._restored
+        )
         self._background = Background()
         self._bridge = Bridge()
         self._pacer = Pacer()
@@ -277,45 +279,54 @@ class WebSocketClient(Readers, Requests, ReceiveLoop):
 
     # -- requests --------------------------------------------------------
 
-    async def _ask(self, message: Message) -> Message:
+    async def _ask(self, message: Message, *, restoring: bool = False) -> Message:
         """Send ``message`` with a new ``id``; the answer that echoes it (raises an ``error`` answer).
 
-        Between connections (just started, reconnecting) it waits for the next
-        one, up to ``request_timeout``; it keeps under the server's rate limit.
+        ``request_timeout`` bounds it all: between connections (just started,
+        reconnecting) it waits for the next one, and it keeps under the
+        server's rate limit (:class:`~bixweb.client.requests.Pacer`). The
+        requests that restore the subscriptions (``restoring``) go first, on
+        the new socket; the user's wait until they are answered.
         """
-        ws = await self._socket()
-        delay = self._pacer.delay(time.monotonic())
-        if delay > self.request_timeout:
-            self._pacer.give_back()
-            limit = f"{self._pacer.burst:g} a second"
-            raise ProtocolError("rate_limited", f"more requests than the server takes ({limit}): slow down")
-        if delay > 0:
-            await asyncio.sleep(delay)
-            ws = await self._socket()
-        request_id, future = self._pending.open()
-        try:
-            await ws.send_frame(orjson.dumps({**message, "id": request_id}), aiohttp.WSMsgType.TEXT)
-            async with asyncio.timeout(self.request_timeout):
+        async with asyncio.timeout(self.request_timeout) as deadline:
+            ws = await self._socket(restoring)
+            delay = self._pacer.delay(time.monotonic())
+            if delay > 0:
+                when = deadline.when()
+                if when is not None and asyncio.get_running_loop().time() + delay > when:
+                    self._pacer.give_back()
+                    limit = f"{self._pacer.burst:g} a second"
+                    raise ProtocolError("rate_limited", f"more requests than the server takes ({limit}): slow down")
+                try:
+                    await asyncio.sleep(delay)
+                except asyncio.CancelledError:
+                    self._pacer.give_back()  # never sent: the slot is free again
+                    raise
+                ws = await self._socket(restoring)
+            request_id, future = self._pending.open(str(message.get("type")))
+            try:
+                await ws.send_frame(orjson.dumps({**message, "id": request_id}), aiohttp.WSMsgType.TEXT)
                 return await future
-        finally:
-            self._pending.close(request_id)
+            finally:
+                self._pending.close(request_id)
 
-    async def _socket(self) -> Socket:
-        """The open socket, waiting for one while the receive loop (re)connects."""
-        ws, task = self._ws, self._run_task
-        if ws is not None and not ws.closed:
-            return ws
-        if task is None or task.done() or self._connected is None or self._closing:
-            raise ConnectionError("not connected")
-        connected = asyncio.ensure_future(self._connected.wait())
-        try:
-            await asyncio.wait({connected, task}, timeout=self.request_timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            connected.cancel()
-        ws = self._ws
-        if ws is None or ws.closed:
-            raise ConnectionError(f"not connected (no connection within {self.request_timeout:g} s)")
-        return ws
+    async def _socket(self, restoring: bool = False) -> Socket:
+        """The open socket, waiting (within the request's deadline) while the receive loop reconnects
+        and restores the subscriptions."""
+        while True:
+            ws, task, connected = self._ws, self._run_task, self._connected
+            if ws is not None and not ws.closed and connected is not None and (restoring or connected.is_set()):
+                return ws
+            if task is None or task.done() or connected is None or self._closing:
+                raise ConnectionError("not connected (the client is not running)")
+            if connected.is_set():  # the socket just closed; the loop has not seen it yet
+                await asyncio.sleep(0.01)
+                continue
+            waiter = asyncio.ensure_future(connected.wait())
+            try:
+                await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
 
     # -- background thread -----------------------------------------------
 
@@ -387,4 +398,4 @@ class WebSocketClient(Readers, Requests, ReceiveLoop):
     def _ended_with(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             self._failure = task.exception()
-            log.error("the receive loop stopped: %s", describe(self._failure))
+            log.error("the receive loop stopped: %s", scrub(describe(self._failure), self._secrets))
