@@ -92,6 +92,8 @@ class FeedProcess:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+                tail = b"\n".join(self.output.splitlines()[-40:]).decode(errors="replace")
+                print(f"the feed process did not stop within 10 s of SIGTERM; its last lines:\n{tail}", file=sys.stderr)
         return self.proc.wait()
 
 

@@ -16,17 +16,11 @@ In a plain synchronous program (the old client's API, unchanged)::
     price = client.get_latest_price("BTCUSDT")  # None until the first ticker
     client.stop()
 
-How it runs: each client has one *receive loop*, a task that reads the
-socket, unwraps ``batch`` frames, passes each message through its
-:class:`~bixweb.client.view.MarketView` (dedupe, trade gaps, book
-checksums), answers pending requests, puts every delivered message in
-:attr:`~WebSocketClient.message_queue` and calls the callbacks
-(:mod:`bixweb.client.events`). After a close it did not ask for, it
-reconnects (:mod:`bixweb.client.reconnect`) and resumes every stream with
-``since`` (:mod:`bixweb.client.session`). Requests may come from any thread
-(:mod:`bixweb.client.bridge`). ``docs/client.md`` tells the whole story:
-threading rules, reconnects and resume, refusals, and the old client's API
-call by call.
+One receive loop per client (:mod:`bixweb.client.receive`) reads, checks
+(:mod:`~bixweb.client.view`), queues and calls back (:mod:`~bixweb.client.events`),
+reconnects (:mod:`~bixweb.client.reconnect`) and resumes (:mod:`~bixweb.client.session`);
+requests come from any thread (:mod:`~bixweb.client.bridge`). The whole story,
+and the old client's API call by call: ``docs/client.md``.
 
 This module uses aiohttp's client only: it never imports ``aiohttp.web``.
 """
@@ -288,6 +282,13 @@ class WebSocketClient(Readers, Requests, ReceiveLoop):
         requests that restore the subscriptions (``restoring``) go first, on
         the new socket; the user's wait until they are answered.
         """
+        try:
+            return await self._ask_within(message, restoring)
+        except TimeoutError:
+            what = message.get("type")
+            raise TimeoutError(f"{what}: no connection, or no answer, within {self.request_timeout:g} s") from None
+
+    async def _ask_within(self, message: Message, restoring: bool) -> Message:
         async with asyncio.timeout(self.request_timeout) as deadline:
             ws = await self._socket(restoring)
             delay = self._pacer.delay(time.monotonic())
