@@ -10,7 +10,6 @@ room, ``/metrics`` to loopback clients or with a bearer token).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
@@ -169,7 +168,7 @@ async def run_feed_process(settings: Settings) -> None:
             host, port = sock.getsockname()[:2]
             shown = f"[{host}]" if ":" in host else host
             log.info("probes listening on http://%s:%d/ (/livez, /readyz, /metrics)", shown, port)
-        await publish_until(stop, run_market(feed, market, broker, desk), broker)
+        await publish_until(stop, run_market(feed, market, broker, desk), broker, settings.shutdown_timeout)
     finally:
         vitals.shutting_down = True
         await runner.cleanup()
@@ -179,19 +178,33 @@ async def run_feed_process(settings: Settings) -> None:
     log.info("feed process stopped")
 
 
-async def publish_until(stop: asyncio.Event, market: Coroutine[Any, Any, None], broker: RedisBroker) -> None:
-    """Run the market and the broker until ``stop`` is set; a failure of either ends the process."""
+async def publish_until(
+    stop: asyncio.Event, market: Coroutine[Any, Any, None], broker: RedisBroker, shutdown_timeout: float = 5.0
+) -> None:
+    """Run the market and the broker until ``stop`` is set; a failure of either ends the process.
+
+    Stopping takes at most ``shutdown_timeout`` seconds: what has not ended by
+    then is named in the log and left (the process exits all the same).
+    """
     tasks = [
         asyncio.create_task(broker.run(), name="broker"),
         asyncio.create_task(market, name="feed"),
     ]
     waiting = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([waiting, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    log.info("feed process: stopping the market and the broker (at most %g s)", shutdown_timeout)
+    started = time.monotonic()
     for task in [waiting, *tasks]:
         task.cancel()
-    for task in [waiting, *tasks]:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    _, pending = await asyncio.wait([waiting, *tasks], timeout=shutdown_timeout)
+    if pending:
+        log.warning(
+            "feed process: %s did not stop within %g s; leaving it",
+            ", ".join(task.get_name() for task in pending),
+            shutdown_timeout,
+        )
+    else:
+        log.info("feed process: market and broker stopped in %.2f s", time.monotonic() - started)
     for task in done:
         if task is not waiting and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
