@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 import signal
 import subprocess
@@ -393,6 +394,7 @@ def test_reconnect_after_the_server_is_killed_and_restarted_within_5_to_6_s(serv
         first.stop(signal.SIGKILL)  # killed: no close frame, no 1012
         killed_ms = time.time_ns() // 1_000_000
         server_process(*args)  # the same port again
+        up_at = time.monotonic()  # listening again (CLOCK_MONOTONIC: the child's clock too)
         out, err = child.communicate(timeout=60)
     finally:
         if child.poll() is None:
@@ -405,12 +407,20 @@ def test_reconnect_after_the_server_is_killed_and_restarted_within_5_to_6_s(serv
     lost = kinds.index("disconnected")
     back = kinds.index("connected", lost)
     assert events[lost]["reconnect_in"] == 5.0
-    down_to_up = events[back]["at"] - events[lost]["at"]
-    assert 4.95 <= down_to_up <= 6.0, f"back {down_to_up:.2f} s after the disconnected event"
+    assert all(e["reconnect_in"] == 5.0 for e in events[lost:back] if e["event"] in ("disconnected", "retrying"))
+    lost_at = events[lost]["at"]
+    # Attempts come every 5 s from the drop; the first one after the server listens again connects.
+    # A restart within those 5 s (the usual case) brings the client back 5-6 s after the drop; a busy
+    # machine that takes longer to restart the server brings it back at a later attempt.
+    first_try = lost_at + 5.0 * max(1, math.ceil((up_at - lost_at) / 5.0))
+    down_to_up = events[back]["at"] - lost_at
+    assert down_to_up >= 4.95 and events[back]["at"] - first_try <= 1.0, (
+        f"back {down_to_up:.2f} s after the disconnected event; the server listened {up_at - lost_at:.2f} s after it"
+    )
     assert got["lost_at"] is not None
     seen_down_to_up = events[back]["at"] - got["lost_at"]
     # polled every 10 ms, so seen late if at all: only the upper bound is this measure's to check
-    assert seen_down_to_up <= 6.0, f"back {seen_down_to_up:.2f} s after is_connected() went False"
+    assert seen_down_to_up <= first_try - lost_at + 1.0, f"back {seen_down_to_up:.2f} s after is_connected() went False"
     print(
         f"reconnect_delay=5: back {down_to_up:.3f} s after 'disconnected',"
         f" {seen_down_to_up:.3f} s after is_connected() went False"
