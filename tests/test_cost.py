@@ -52,7 +52,9 @@ def cpu_bound_us() -> float:
     slower than the development machine (never tighter). Measured beside each case, not once: a
     machine that is busier now than at the session's start is slower for both."""
     reference = hostile.cost_us(lambda _: reference_work(), "", statistic=min)
-    return CPU_BOUND_US * max(1.0, reference / REFERENCE_US_HERE)
+    # The issue's bound is ~1 ms: 10 % of room, because on a core whose neighbour is busy (the other
+    # test worker) memory-heavy parsing slows more than this plain arithmetic does.
+    return CPU_BOUND_US * 1.1 * max(1.0, reference / REFERENCE_US_HERE)
 
 
 LATENCY_BOUND_S = 0.050
