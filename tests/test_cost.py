@@ -52,8 +52,8 @@ def cpu_bound_us() -> float:
     slower than the development machine (never tighter). Measured beside each case, not once: a
     machine that is busier now than at the session's start is slower for both."""
     reference = hostile.cost_us(lambda _: reference_work(), "", statistic=min)
-    # The issue's bound is ~1 ms: 10 % of room, because on a core whose neighbour is busy (the other
-    # test worker) memory-heavy parsing slows more than this plain arithmetic does.
+    # The issue's bound is ~1 ms: 10 % of room, because on a core whose neighbour is busy, memory-heavy
+    # parsing slows more than this plain arithmetic does (make test runs this file with no neighbour).
     return CPU_BOUND_US * 1.1 * max(1.0, reference / REFERENCE_US_HERE)
 
 
